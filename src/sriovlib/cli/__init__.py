@@ -1,0 +1,64 @@
+"""The ``sriovlib`` command line: protocol translation over :class:`sriovlib.Host`.
+
+One module per subcommand (``list.py``, ``doctor.py``...). Each exposes
+``register(subparsers)`` adding its parser, whose ``func`` default takes the parsed
+arguments and returns the exit status. ``main`` turns every :class:`SriovError` and
+bad argument into a one-line message and a non-zero exit — never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from sriovlib.exceptions import SriovError
+
+__all__ = ["main"]
+
+#: Subcommand modules, in the order ``--help`` lists them.
+COMMANDS = ("list", "doctor")
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used to generate the CLI reference)."""
+    parser = argparse.ArgumentParser(
+        prog="sriovlib",
+        description="Discover, check and configure SR-IOV NICs on this node.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"sriovlib.cli.{name.replace('-', '_')}")
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sriovlib`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from importlib.metadata import version
+
+        print(version("sriovlib"))
+        return EXIT_OK
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        status: int = args.func(args)
+    except SriovError as e:
+        print(f"sriovlib {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_FINDINGS
+    except (ValueError, OSError) as e:
+        print(f"sriovlib {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return status

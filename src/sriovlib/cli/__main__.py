@@ -1,0 +1,5 @@
+import sys
+
+from sriovlib.cli import main
+
+sys.exit(main())

@@ -1,0 +1,62 @@
+"""Options and output helpers shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sriovlib.host import Host
+
+__all__ = ["add_host_options", "open_host", "print_json", "print_table"]
+
+
+def add_host_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--sysfs-root``, ``--example`` and ``--json`` to a subcommand."""
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--sysfs-root", metavar="DIR", default="/",
+        help="read sysfs from DIR/sys instead of /sys (default: /)",
+    )
+    source.add_argument(
+        "--example", metavar="NAME",
+        help="use a built-in example host instead of this node "
+        "(mlx5, i40e, ixgbe, ice, igb, mixed, mlx5-ib, no-sriov)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+@contextmanager
+def open_host(args: argparse.Namespace) -> Iterator[Host]:
+    """The Host the options ask for; an example host lives in a temporary directory."""
+    if args.example is None:
+        yield Host(args.sysfs_root)
+        return
+    from sriovlib.testing.presets import build_example
+
+    with tempfile.TemporaryDirectory(prefix="sriovlib-example-") as root:
+        build_example(args.example, root)
+        yield Host(root)
+
+
+def print_json(data: Any) -> None:
+    """Print *data* as indented JSON on stdout."""
+    json.dump(data, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")
+
+
+def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Print a table with rich (imported here: it is slow to import)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
