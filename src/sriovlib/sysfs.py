@@ -11,6 +11,7 @@ recorded on that device; it never ends the scan.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 from pathlib import Path
 
@@ -75,8 +76,11 @@ class _Device:
 
     def text(self, name: str) -> str | None:
         try:
-            with open(f"{self.path}/{name}") as f:
-                return f.read().strip()
+            fd = os.open(f"{self.path}/{name}", os.O_RDONLY)
+            try:
+                return os.read(fd, 4096).decode(errors="replace").strip()
+            finally:
+                os.close(fd)
         except OSError as e:
             if e.errno not in _ABSENT:
                 self.problems.append(f"{name}: {e.strerror or e}")
@@ -224,7 +228,7 @@ class Sysfs:
 
     def pci_driver_loaded(self, driver: str) -> bool:
         """Whether PCI driver *driver* (e.g. ``vfio-pci``) is registered right now."""
-        return os.path.isdir(f"{self._devices}/../../drivers/{driver}")
+        return os.path.isdir(f"{self.root}/sys/bus/pci/drivers/{driver}")
 
     def kernel_module_available(self, module: str) -> bool:
         """Whether *module* is built in or installed for the running kernel."""
@@ -248,6 +252,42 @@ class Sysfs:
                 return f.read().strip()
         except OSError:
             return ""
+
+    # -- added for ``doctor`` (cli/list/doctor engineer): netdev → PCI function map and
+    # -- CPU vendor for the IOMMU kernel option -------------------------------------
+
+    def netdev_pci_functions(self) -> dict[str, PciAddress | None]:
+        """Every interface with a ``device`` link, mapped to the PCI function it sits on.
+
+        The function is the nearest PCI ancestor of the ``device`` link's target: the
+        target itself for most NICs, its parent for virtio-net (``.../0000:00:03.0/
+        virtio2``). None when the device is not on PCI at all. Interfaces without a
+        ``device`` link (see :meth:`virtual_netdevs`) are not included.
+        """
+        try:
+            names = sorted(entry.name for entry in os.scandir(self._net))
+        except OSError:
+            return {}
+        found: dict[str, PciAddress | None] = {}
+        for name in names:
+            link = f"{self._net}/{name}/device"
+            if not os.path.lexists(link):
+                continue
+            found[name] = _nearest_pci_ancestor(os.path.realpath(link))
+        return found
+
+    def cpu_vendor(self) -> str | None:
+        """``vendor_id`` of the first CPU in ``/proc/cpuinfo`` (``GenuineIntel``,
+        ``AuthenticAMD``), or None when unreadable."""
+        try:
+            with open(f"{self.root}/proc/cpuinfo") as f:
+                for line in f:
+                    key, sep, value = line.partition(":")
+                    if sep and key.strip() == "vendor_id":
+                        return value.strip() or None
+        except OSError:
+            return None
+        return None
 
     # -- per device ---------------------------------------------------------------
 
@@ -313,12 +353,12 @@ class Sysfs:
             dev.problems.append(f"no virtfn link on PF {physfn} points at this VF")
         netdevs = dev.listdir("net")
         try:
-            pf_address = PciAddress.parse(physfn or "")
+            pf_address = _parse_address(physfn or "")
         except InvalidPciAddress:
             dev.problems.append(f"physfn: malformed link target {physfn!r}")
             pf_address = PciAddress(0, 0, 0, 0)
         return VirtualFunction(
-            address=PciAddress.parse(dev.address),
+            address=_parse_address(dev.address),
             index=-1 if index is None else index,
             pf_address=pf_address,
             ids=dev.ids(),
@@ -331,8 +371,25 @@ class Sysfs:
         )
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse_address(text: str) -> PciAddress:
+    """PciAddress.parse, cached: a scan sees each PF address once per VF."""
+    return PciAddress.parse(text)
+
+
 def _readlink_basename(path: str) -> str | None:
     try:
         return os.path.basename(os.readlink(path))
     except OSError:
         return None
+
+
+def _nearest_pci_ancestor(path: str) -> PciAddress | None:
+    """The last component of *path* that is a PCI address (used by netdev_pci_functions)."""
+    for part in reversed(path.split("/")):
+        if part.count(":") == 2 and "." in part:
+            try:
+                return PciAddress.parse(part)
+            except InvalidPciAddress:
+                continue
+    return None

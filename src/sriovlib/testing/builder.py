@@ -324,8 +324,9 @@ def _write(path: Path, text: str) -> None:
 
 
 def _link(link: Path, target: Path) -> None:
-    """Create *link* pointing at *target* with a relative path, as sysfs does."""
-    link.symlink_to(os.path.relpath(target, link.parent))
+    """Create *link* pointing at *target* with a relative path ending in the target's
+    own name, as sysfs does (``device -> ../../../0000:03:00.0``, never ``../..``)."""
+    link.symlink_to(os.path.join(os.path.relpath(target.parent, link.parent), target.name))
 
 
 def _mac(prefix: str, pf: PciAddress, index: int) -> str:
