@@ -26,11 +26,16 @@ def build(root: str, pfs: int) -> None:
     fs.enable_iommu()
     for n in range(pfs):
         fs.add_pf(
-            ids=PciId(0x15B3, 0x1017), driver="mlx5_core",
-            vf_ids=PciId(0x15B3, 0x1018), vf_driver="mlx5_core",
-            total_vfs=VFS_PER_PF, num_vfs=VFS_PER_PF,
-            address=PciAddress(0, 0x10 + 2 * n, 0, 0), netdev=f"ens{n}f0",
-            numa_node=n % 2, rdma=True,
+            ids=PciId(0x15B3, 0x1017),
+            driver="mlx5_core",
+            vf_ids=PciId(0x15B3, 0x1018),
+            vf_driver="mlx5_core",
+            total_vfs=VFS_PER_PF,
+            num_vfs=VFS_PER_PF,
+            address=PciAddress(0, 0x10 + 2 * n, 0, 0),
+            netdev=f"ens{n}f0",
+            numa_node=n % 2,
+            rdma=True,
         )
 
 
@@ -63,8 +68,10 @@ def main() -> None:
             shutil.rmtree(root)
         per_vf = seconds / vfs * 1e6
         base = base or seconds
-        print(f"{factor:>4}x {8 * factor:>4} {vfs:>6} {seconds * 1e3:>9.1f} {per_vf:>7.1f} "
-              f"{seconds / base:>5.2f}x")
+        print(
+            f"{factor:>4}x {8 * factor:>4} {vfs:>6} {seconds * 1e3:>9.1f} {per_vf:>7.1f} "
+            f"{seconds / base:>5.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -76,8 +76,9 @@ class TestDiscovery:
 
     def test_infiniband_and_rdma(self, fake_sysfs: FakeSysfs) -> None:
         """An InfiniBand port reports its link type; mlx5 functions list RDMA devices."""
-        add_nic_model(fake_sysfs, "mlx5", bus=0x3B, num_vfs=2, ports=1,
-                      link_type=LinkType.INFINIBAND)
+        add_nic_model(
+            fake_sysfs, "mlx5", bus=0x3B, num_vfs=2, ports=1, link_type=LinkType.INFINIBAND
+        )
         host = Host(fake_sysfs.root)
         (pf,) = host.pfs()
         assert (LinkType.INFINIBAND, ("ib0",)) == (pf.link_type, pf.netdevs)
@@ -196,8 +197,16 @@ class TestGeneratedHosts:
         with tempfile.TemporaryDirectory() as root:
             fs = FakeSysfs(root)
             for n, (preset, ports, num, vfio, away) in enumerate(layouts):
-                add_nic_model(fs, preset, bus=0x10 + 0x10 * n, ports=ports, num_vfs=num,
-                              vfio_vfs=vfio, away_vfs=away, netdev_prefix=f"n{n}p")
+                add_nic_model(
+                    fs,
+                    preset,
+                    bus=0x10 + 0x10 * n,
+                    ports=ports,
+                    num_vfs=num,
+                    vfio_vfs=vfio,
+                    away_vfs=away,
+                    netdev_prefix=f"n{n}p",
+                )
             inventory = Host(root).inventory()
             pfs = {pf.address: pf for pf in inventory.pfs}
 

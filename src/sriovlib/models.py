@@ -105,7 +105,9 @@ class PciId:
                 raise ValueError(text)
             return cls(vendor=_hex16(vendor), device=_hex16(device))
         except ValueError:
-            raise ValueError(f"invalid PCI id {text!r}: expected vendor:device, e.g. 8086:10c9") from None
+            raise ValueError(
+                f"invalid PCI id {text!r}: expected vendor:device, e.g. 8086:10c9"
+            ) from None
 
     @property
     def vendor_hex(self) -> str:

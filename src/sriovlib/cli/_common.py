@@ -19,11 +19,14 @@ def add_host_options(parser: argparse.ArgumentParser) -> None:
     """Add ``--sysfs-root``, ``--example`` and ``--json`` to a subcommand."""
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
-        "--sysfs-root", metavar="DIR", default="/",
+        "--sysfs-root",
+        metavar="DIR",
+        default="/",
         help="read sysfs from DIR/sys instead of /sys (default: /)",
     )
     source.add_argument(
-        "--example", metavar="NAME",
+        "--example",
+        metavar="NAME",
         help="use a built-in example host instead of this node "
         "(mlx5, i40e, ixgbe, ice, igb, mixed, mlx5-ib, no-sriov)",
     )

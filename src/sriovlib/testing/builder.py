@@ -68,8 +68,14 @@ class FakeSysfs:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self.sys = self.root / "sys"
-        for sub in ("bus/pci/devices", "bus/pci/drivers", "class/net", "devices/virtual/net",
-                    "kernel/iommu_groups", "module"):
+        for sub in (
+            "bus/pci/devices",
+            "bus/pci/drivers",
+            "class/net",
+            "devices/virtual/net",
+            "kernel/iommu_groups",
+            "module",
+        ):
             (self.sys / sub).mkdir(parents=True, exist_ok=True)
         self._next_port = 1
         self._next_group = 1
@@ -141,8 +147,15 @@ class FakeSysfs:
         if rdma:
             (path / "infiniband" / self._rdma_name(pf_address)).mkdir(parents=True)
         self._pfs[pf_address] = pf
-        self.set_num_vfs(pf_address, num_vfs, vfio_vfs=vfio_vfs, away_vfs=away_vfs,
-                         numa_node=numa_node, rdma=rdma, mac_prefix=mac_prefix)
+        self.set_num_vfs(
+            pf_address,
+            num_vfs,
+            vfio_vfs=vfio_vfs,
+            away_vfs=away_vfs,
+            numa_node=numa_node,
+            rdma=rdma,
+            mac_prefix=mac_prefix,
+        )
         return pf
 
     def set_num_vfs(
@@ -170,14 +183,16 @@ class FakeSysfs:
         for index in range(num_vfs):
             vf_address = pf.vf_address(index)
             driver = "vfio-pci" if index in vfio else pf.vf_driver
-            path = self._add_function(vf_address, pf.vf_ids, driver, numa_node, pf.link_type,
-                                      parent=pf_path.parent)
+            path = self._add_function(
+                vf_address, pf.vf_ids, driver, numa_node, pf.link_type, parent=pf_path.parent
+            )
             _link(pf_path / f"virtfn{index}", path)
             _link(path / "physfn", pf_path)
             netdev = pf.vf_netdev(index)
             if netdev is not None and index not in vfio and index not in away:
-                self._add_netdev(path, netdev, pf.link_type,
-                                 mac=_mac(mac_prefix, pf_address, index))
+                self._add_netdev(
+                    path, netdev, pf.link_type, mac=_mac(mac_prefix, pf_address, index)
+                )
             else:
                 (path / "net").mkdir(exist_ok=True)
             if rdma and index not in vfio:
@@ -239,7 +254,12 @@ class FakeSysfs:
 
     def _parent_port(self, address: PciAddress) -> Path:
         """The root port directory a function hangs under (one per bus)."""
-        port = self.sys / "devices" / f"pci{address.domain:04x}:00" / f"{address.domain:04x}:00:{address.bus % 0x20:02x}.0"
+        port = (
+            self.sys
+            / "devices"
+            / f"pci{address.domain:04x}:00"
+            / f"{address.domain:04x}:00:{address.bus % 0x20:02x}.0"
+        )
         port.mkdir(parents=True, exist_ok=True)
         return port
 
@@ -259,7 +279,10 @@ class FakeSysfs:
         path.mkdir(parents=True)
         _write(path / "vendor", f"0x{ids.vendor:04x}")
         _write(path / "device", f"0x{ids.device:04x}")
-        _write(path / "class", _INFINIBAND_CLASS if link_type is LinkType.INFINIBAND else _ETHERNET_CLASS)
+        _write(
+            path / "class",
+            _INFINIBAND_CLASS if link_type is LinkType.INFINIBAND else _ETHERNET_CLASS,
+        )
         _write(path / "numa_node", str(numa_node))
         _write(path / "driver_override", "(null)")
         _link(self.sys / "bus/pci/devices" / name, path)

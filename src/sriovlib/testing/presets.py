@@ -35,16 +35,50 @@ class NicModel:
 
 
 PRESETS: dict[str, NicModel] = {
-    "mlx5": NicModel("Mellanox ConnectX-5", PciId(0x15B3, 0x1017), PciId(0x15B3, 0x1018),
-                     "mlx5_core", "mlx5_core", 16, 2, "ens1f", rdma=True),
-    "i40e": NicModel("Intel X710 SFP+", PciId(0x8086, 0x1572), PciId(0x8086, 0x154C),
-                     "i40e", "iavf", 64, 2, "enp59s0f"),
-    "ixgbe": NicModel("Intel 82599 SFP+", PciId(0x8086, 0x10FB), PciId(0x8086, 0x10ED),
-                      "ixgbe", "ixgbevf", 63, 2, "enp4s0f"),
-    "ice": NicModel("Intel E810-C SFP", PciId(0x8086, 0x1593), PciId(0x8086, 0x1889),
-                    "ice", "iavf", 128, 2, "ens2f"),
-    "igb": NicModel("Intel 82576", PciId(0x8086, 0x10C9), PciId(0x8086, 0x10CA),
-                    "igb", "igbvf", 7, 2, "enp1s0f"),
+    "mlx5": NicModel(
+        "Mellanox ConnectX-5",
+        PciId(0x15B3, 0x1017),
+        PciId(0x15B3, 0x1018),
+        "mlx5_core",
+        "mlx5_core",
+        16,
+        2,
+        "ens1f",
+        rdma=True,
+    ),
+    "i40e": NicModel(
+        "Intel X710 SFP+",
+        PciId(0x8086, 0x1572),
+        PciId(0x8086, 0x154C),
+        "i40e",
+        "iavf",
+        64,
+        2,
+        "enp59s0f",
+    ),
+    "ixgbe": NicModel(
+        "Intel 82599 SFP+",
+        PciId(0x8086, 0x10FB),
+        PciId(0x8086, 0x10ED),
+        "ixgbe",
+        "ixgbevf",
+        63,
+        2,
+        "enp4s0f",
+    ),
+    "ice": NicModel(
+        "Intel E810-C SFP",
+        PciId(0x8086, 0x1593),
+        PciId(0x8086, 0x1889),
+        "ice",
+        "iavf",
+        128,
+        2,
+        "ens2f",
+    ),
+    "igb": NicModel(
+        "Intel 82576", PciId(0x8086, 0x10C9), PciId(0x8086, 0x10CA), "igb", "igbvf", 7, 2, "enp1s0f"
+    ),
 }
 
 
@@ -125,8 +159,9 @@ def _mixed(fs: FakeSysfs) -> None:
 def _mlx5_ib(fs: FakeSysfs) -> None:
     _node(fs)
     fs.enable_iommu()
-    add_nic_model(fs, "mlx5", bus=0x3B, num_vfs=4, numa_node=0, ports=1,
-                  link_type=LinkType.INFINIBAND)
+    add_nic_model(
+        fs, "mlx5", bus=0x3B, num_vfs=4, numa_node=0, ports=1, link_type=LinkType.INFINIBAND
+    )
 
 
 def _no_sriov(fs: FakeSysfs) -> None:
@@ -134,10 +169,14 @@ def _no_sriov(fs: FakeSysfs) -> None:
 
 
 EXAMPLES: dict[str, tuple[str, Callable[[FakeSysfs], None]]] = {
-    "mlx5": ("ConnectX-5 dual-port, 4 VFs per port, one VF in a pod",
-             _example("mlx5", num_vfs=4, numa_node=0, away_vfs=[1])),
-    "i40e": ("X710 dual-port, 8 VFs per port, two bound to vfio-pci",
-             _example("i40e", num_vfs=8, numa_node=0, vfio_vfs=[6, 7])),
+    "mlx5": (
+        "ConnectX-5 dual-port, 4 VFs per port, one VF in a pod",
+        _example("mlx5", num_vfs=4, numa_node=0, away_vfs=[1]),
+    ),
+    "i40e": (
+        "X710 dual-port, 8 VFs per port, two bound to vfio-pci",
+        _example("i40e", num_vfs=8, numa_node=0, vfio_vfs=[6, 7]),
+    ),
     "ixgbe": ("82599 dual-port, SR-IOV not enabled yet", _example("ixgbe")),
     "ice": ("E810 dual-port, 16 VFs per port", _example("ice", num_vfs=16, numa_node=1)),
     "igb": ("82576 dual-port, 7 VFs per port (the igb maximum)", _example("igb", num_vfs=7)),
