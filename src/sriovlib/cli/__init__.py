@@ -18,7 +18,7 @@ from sriovlib.exceptions import SriovError
 __all__ = ["main"]
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = ("list", "doctor")
+COMMANDS = ("list", "doctor", "pools", "config")
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -53,6 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         status: int = args.func(args)
+    except BrokenPipeError:
+        # the reader (e.g. `| head`) went away: stop quietly, as coreutils do
+        sys.stderr.close()
+        return EXIT_OK
     except SriovError as e:
         print(f"sriovlib {args.command}: error: {e}", file=sys.stderr)
         return EXIT_FINDINGS

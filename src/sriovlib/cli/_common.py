@@ -14,6 +14,8 @@ from sriovlib.host import Host
 
 __all__ = ["add_host_options", "open_host", "print_json", "print_table"]
 
+_PIPE_WIDTH = 400
+
 
 def add_host_options(parser: argparse.ArgumentParser) -> None:
     """Add ``--sysfs-root``, ``--example`` and ``--json`` to a subcommand."""
@@ -62,4 +64,6 @@ def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequen
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    # A pipe or a file gets each row on one line, whatever the width; a terminal wraps.
+    console = Console() if sys.stdout.isatty() else Console(width=_PIPE_WIDTH)
+    console.print(table)
