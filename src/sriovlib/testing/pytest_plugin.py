@@ -4,6 +4,7 @@ Fixtures:
     fake_sysfs: an empty :class:`~sriovlib.testing.FakeSysfs` in a temporary directory.
     sriov_vm: a session-wide QEMU VM with an emulated Intel 82576 (real igb driver);
         tests using it skip with a one-line reason where the VM cannot run.
+    sriov_vm_clean: the same VM, reset first (no VFs, no namespaces, PFs up).
 
 Markers: ``kernel`` (root, real netlink in throw-away namespaces), ``vm`` (the VM tier)
 and ``client`` (real CNI/kubelet clients).
@@ -16,6 +17,9 @@ from pathlib import Path
 import pytest
 
 from sriovlib.testing.builder import FakeSysfs
+from sriovlib.testing.vm_fixtures import sriov_vm, sriov_vm_clean
+
+__all__ = ["fake_sysfs", "sriov_vm", "sriov_vm_clean"]
 
 MARKERS = {
     "kernel": "needs root and real netlink in throw-away network namespaces",

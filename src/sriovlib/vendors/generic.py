@@ -1,0 +1,133 @@
+"""The generic plugin: what every SR-IOV driver shares (the kernel's own rules).
+
+Every hook here is ``trylast``, so a vendor plugin's answer comes first.
+"""
+
+from __future__ import annotations
+
+from sriovlib.models import ZERO_MAC, PhysicalFunction, VfConfig, VfState, VirtualFunction
+from sriovlib.plugins import (
+    DeviceSpecs,
+    DeviceType,
+    EswitchMode,
+    Issue,
+    MacFixup,
+    NumVfsPlan,
+    Severity,
+    Step,
+    StepKind,
+    VfLimit,
+    hookimpl,
+)
+
+# Each VF-config field and the VfState field it restores from.
+_RESTORABLE = (
+    "mac",
+    "vlan",
+    "qos",
+    "vlan_proto",
+    "spoofchk",
+    "trust",
+    "link_state",
+    "min_tx_rate",
+    "max_tx_rate",
+    "query_rss",
+)
+
+
+@hookimpl(trylast=True)
+def sriovlib_vf_limit(pf: PhysicalFunction) -> VfLimit:
+    return VfLimit(pf.total_vfs, f"sriov_totalvfs of {pf.name} is {pf.total_vfs}")
+
+
+@hookimpl(trylast=True)
+def sriovlib_check_vf_config(config: VfConfig) -> list[Issue]:
+    issues = []
+    if config.trust is False and config.mac is not None:
+        issues.append(
+            Issue(
+                Severity.INFO,
+                "the VF cannot change this MAC itself while trust is off",
+                "set trust on to let the workload change it",
+            )
+        )
+    return issues
+
+
+@hookimpl(trylast=True)
+def sriovlib_numvfs_plan(current: int, target: int, eswitch_mode: EswitchMode | None) -> NumVfsPlan:
+    steps: list[Step] = []
+    if eswitch_mode is not None:
+        steps.append(Step(StepKind.SET_ESWITCH_MODE, eswitch_mode.value))
+    if current != target:
+        if current and target:
+            steps.append(Step(StepKind.WRITE_NUMVFS, 0))
+        steps.append(Step(StepKind.WRITE_NUMVFS, target))
+    return NumVfsPlan(
+        steps=tuple(steps),
+        note="the kernel changes a non-zero VF count only through 0",
+    )
+
+
+@hookimpl(trylast=True)
+def sriovlib_mac_fixup() -> MacFixup:
+    return MacFixup.SET_NETDEV_MAC
+
+
+@hookimpl(trylast=True)
+def sriovlib_vf_driver(vf: VirtualFunction, device_type: DeviceType) -> str | None:
+    if device_type is DeviceType.VFIO:
+        return "vfio-pci"
+    if vf.driver not in (None, "vfio-pci", "uio_pci_generic", "igb_uio"):
+        return vf.driver
+    return None  # unknown: the Host lets the kernel pick by PCI id (drivers_probe)
+
+
+@hookimpl(trylast=True)
+def sriovlib_device_specs(vf: VirtualFunction, device_type: DeviceType) -> DeviceSpecs | None:
+    if device_type is DeviceType.VFIO and vf.iommu_group is not None:
+        return DeviceSpecs(devices=("/dev/vfio/vfio", f"/dev/vfio/{vf.iommu_group}"))
+    return None
+
+
+@hookimpl(trylast=True)
+def sriovlib_health(pf: PhysicalFunction, vfs: list[VirtualFunction]) -> list[Issue]:
+    issues = []
+    if pf.driver is None:
+        issues.append(
+            Issue(
+                Severity.ERROR, f"{pf.address} has no driver bound", "load the NIC's driver module"
+            )
+        )
+    if len(vfs) != pf.num_vfs:
+        issues.append(
+            Issue(
+                Severity.WARNING,
+                f"sriov_numvfs is {pf.num_vfs} but {len(vfs)} VFs exist",
+                "VFs may still be appearing, or the driver created "
+                "fewer; set sriov_numvfs to 0 and back",
+            )
+        )
+    for vf in vfs:
+        issues.extend(
+            Issue(Severity.WARNING, f"VF {vf.index} ({vf.address}): {p}") for p in vf.problems
+        )
+    return issues
+
+
+@hookimpl(trylast=True)
+def sriovlib_release_config(original: VfState, applied: VfConfig) -> VfConfig:
+    restore = {
+        name: getattr(original, name)
+        for name in _RESTORABLE
+        if getattr(applied, name) is not None and getattr(original, name) is not None
+    }
+    if "qos" in restore or "vlan_proto" in restore:
+        restore["vlan"] = original.vlan
+    if restore.get("vlan") == 0:
+        restore.pop("vlan_proto", None)  # no protocol on an untagged VF
+        restore["qos"] = 0
+    if restore.get("mac") == ZERO_MAC:
+        # an all-zero admin MAC means "none set"; the Host clears it specially
+        restore.pop("mac")
+    return VfConfig(**restore)
