@@ -7,8 +7,9 @@ the entry-point group ``sriovlib``::
     [project.entry-points.sriovlib]
     acme = "sriovlib_acme"
 
-The plugin that drives a PF is chosen per PF (``sriovlib_match_pf``); every other hook is then answered by that plugin, falling back to the generic one for
-whatever it does not implement. See the plugin author's guide in the docs.
+The plugin that drives a PF is chosen per PF (``sriovlib_match_pf``); every other
+hook is then answered by that plugin, falling back to the generic one for whatever it
+does not implement. See the plugin author's guide in the docs.
 """
 
 from __future__ import annotations
