@@ -55,15 +55,24 @@ def print_json(data: Any) -> None:
 
 
 def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Print a table with rich (imported here: it is slow to import)."""
+    """Print a table with rich (imported here: it is slow to import).
+
+    Cells are plain text, never rich markup: "[ConnectX-5]" or "[8086]" print as is.
+    """
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    table = Table(
+        title=None if title is None else Text(title),
+        title_justify="left",
+        show_edge=False,
+        pad_edge=False,
+    )
     for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column(Text(column), overflow="fold")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))
     # A pipe or a file gets each row on one line, whatever the width; a terminal wraps.
     console = Console() if sys.stdout.isatty() else Console(width=_PIPE_WIDTH)
     console.print(table)

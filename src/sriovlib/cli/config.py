@@ -37,19 +37,33 @@ def register(subparsers: Any) -> None:
         "get no pool; enable VFs first.",
     )
     source = generate.add_mutually_exclusive_group()
-    source.add_argument("--sysfs-root", metavar="DIR", default="/",
-                        help="read sysfs from DIR/sys instead of /sys (default: /)")
-    source.add_argument("--example", metavar="NAME",
-                        help="use a built-in example host instead of this node "
-                        "(mlx5, i40e, ixgbe, ice, igb, mixed, mlx5-ib, no-sriov)")
-    generate.add_argument("-o", "--output", metavar="FILE",
-                          help="write to FILE instead of standard output")
-    generate.add_argument("--split-by-driver", action="store_true",
-                          help="separate pools for VFs bound to different drivers "
-                          "(e.g. iavf and vfio-pci), selected by 'drivers' too")
-    generate.add_argument("--resource-prefix", metavar="PREFIX",
-                          help="set resourcePrefix on every pool (default: leave it to the "
-                          "device plugin's -resource-prefix)")
+    source.add_argument(
+        "--sysfs-root",
+        metavar="DIR",
+        default="/",
+        help="read sysfs from DIR/sys instead of /sys (default: /)",
+    )
+    source.add_argument(
+        "--example",
+        metavar="NAME",
+        help="use a built-in example host instead of this node "
+        "(mlx5, i40e, ixgbe, ice, igb, mixed, mlx5-ib, no-sriov)",
+    )
+    generate.add_argument(
+        "-o", "--output", metavar="FILE", help="write to FILE instead of standard output"
+    )
+    generate.add_argument(
+        "--split-by-driver",
+        action="store_true",
+        help="separate pools for VFs bound to different drivers "
+        "(e.g. iavf and vfio-pci), selected by 'drivers' too",
+    )
+    generate.add_argument(
+        "--resource-prefix",
+        metavar="PREFIX",
+        help="set resourcePrefix on every pool (default: leave it to the "
+        "device plugin's -resource-prefix)",
+    )
     generate.set_defaults(func=run_generate)
     parser.set_defaults(func=lambda _args: _usage(parser))
 
@@ -64,15 +78,23 @@ def run_generate(args: argparse.Namespace) -> int:
     with open_host(args) as host:
         inventory = host.inventory()
         facts = read_selector_facts(host.sysfs)
-    config = generate_config(inventory, facts=facts, split_by_driver=args.split_by_driver,
-                             resource_prefix=args.resource_prefix)
+    config = generate_config(
+        inventory,
+        facts=facts,
+        split_by_driver=args.split_by_driver,
+        resource_prefix=args.resource_prefix,
+    )
     for pf in inventory.pfs:
         if pf.num_vfs == 0:
-            print(f"sriovlib config: note: PF {pf.name} ({pf.address}, {pf.ids}) has no VFs "
-                  "enabled, so no pool selects it", file=sys.stderr)
+            print(
+                f"sriovlib config: note: PF {pf.name} ({pf.address}, {pf.ids}) has no VFs "
+                "enabled, so no pool selects it",
+                file=sys.stderr,
+            )
     if not config.pools:
-        print("sriovlib config: note: no VFs on this node: the config has no pools",
-              file=sys.stderr)
+        print(
+            "sriovlib config: note: no VFs on this node: the config has no pools", file=sys.stderr
+        )
     text = dump_config(config)
     if args.output is None:
         sys.stdout.write(text)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from sriovlib.cli._common import add_host_options, open_host, print_json, print_table
@@ -43,14 +44,25 @@ def register(subparsers: Any) -> None:
         "the devices no pool takes and why. The config is checked strictly: keys the "
         "device plugin would silently ignore or misread are errors unless --compat.",
     )
-    parser.add_argument("--config", metavar="FILE", required=True,
-                        help="the config.json to read ('-' for standard input)")
-    parser.add_argument("--compat", action="store_true",
-                        help="accept what the device plugin accepts (keys in any case, "
-                        "unknown keys, malformed VF ranges...) and select what it would; "
-                        "each leniency is printed as a warning")
-    parser.add_argument("--resource-prefix", metavar="PREFIX", default=DEFAULT_PREFIX,
-                        help="the device plugin's -resource-prefix (default: %(default)s)")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        required=True,
+        help="the config.json to read ('-' for standard input)",
+    )
+    parser.add_argument(
+        "--compat",
+        action="store_true",
+        help="accept what the device plugin accepts (keys in any case, "
+        "unknown keys, malformed VF ranges...) and select what it would; "
+        "each leniency is printed as a warning",
+    )
+    parser.add_argument(
+        "--resource-prefix",
+        metavar="PREFIX",
+        default=DEFAULT_PREFIX,
+        help="the device plugin's -resource-prefix (default: %(default)s)",
+    )
     add_host_options(parser)
     parser.set_defaults(func=run)
 
@@ -58,8 +70,9 @@ def register(subparsers: Any) -> None:
 def read_config(path: str, *, compat: bool, default_prefix: str = DEFAULT_PREFIX) -> PoolConfig:
     """Parse the config at *path*, or standard input for ``-``."""
     if path == "-":
-        return parse_config(sys.stdin.buffer.read(), compat=compat, source="<stdin>",
-                            default_prefix=default_prefix)
+        return parse_config(
+            sys.stdin.buffer.read(), compat=compat, source="<stdin>", default_prefix=default_prefix
+        )
     return load_config(path, compat=compat, default_prefix=default_prefix)
 
 
@@ -93,11 +106,15 @@ def assignment_json(config: PoolConfig, assignment: Assignment) -> dict[str, Any
             }
             for m in assignment.pools
         ],
-        "unmatched": [{**u.device.to_dict(), "reasons": list(u.reasons)}
-                      for u in assignment.unmatched],
+        "unmatched": [
+            {**u.device.to_dict(), "reasons": list(u.reasons)} for u in assignment.unmatched
+        ],
         "shadowed": [
-            {"address": str(s.device.address), "pool": s.pool.resource_name,
-             "alsoSelectedBy": [p.resource_name for p in s.also]}
+            {
+                "address": str(s.device.address),
+                "pool": s.pool.resource_name,
+                "alsoSelectedBy": [p.resource_name for p in s.also],
+            }
             for s in assignment.shadowed
         ],
         "warnings": [str(w) for w in config.warnings],
@@ -109,20 +126,32 @@ def _vf(device: PoolDevice) -> str:
 
 
 def _print_tables(config: PoolConfig, assignment: Assignment) -> None:
+    def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        print_table(title, columns, rows)
+
     columns = ("PCI address", "Kind", "ID", "Driver", "PF", "VF", "NUMA", "Netdev")
     for members in assignment.pools:
         pool = members.pool
         count = len(members.devices)
-        title = (f"{pool.full_name(config.default_prefix)} ({pool.device_type}): "
-                 f"{count} device{'s' if count != 1 else ''}")
+        title = (
+            f"{pool.full_name(config.default_prefix)} ({pool.device_type}): "
+            f"{count} device{'s' if count != 1 else ''}"
+        )
         rows = [
-            (str(d.address), str(d.kind), str(d.ids), d.driver or "-",
-             d.pf_name or (str(d.pf_address) if d.pf_address else "-"), _vf(d),
-             "-" if d.numa_node is None else str(d.numa_node), ",".join(d.netdevs) or "-")
+            (
+                str(d.address),
+                str(d.kind),
+                str(d.ids),
+                d.driver or "-",
+                d.pf_name or (str(d.pf_address) if d.pf_address else "-"),
+                _vf(d),
+                "-" if d.numa_node is None else str(d.numa_node),
+                ",".join(d.netdevs) or "-",
+            )
             for d in members.devices
         ]
         if rows:
-            print_table(title, columns, rows)
+            table(title, columns, rows)
         else:
             print(title)
         for note in members.notes:
@@ -130,18 +159,28 @@ def _print_tables(config: PoolConfig, assignment: Assignment) -> None:
         print()
     for shadow in assignment.shadowed:
         others = ", ".join(p.resource_name for p in shadow.also)
-        print(f"note: {shadow.device.address} is also selected by {others}; the first "
-              f"pool, {shadow.pool.resource_name}, keeps it")
+        print(
+            f"note: {shadow.device.address} is also selected by {others}; the first "
+            f"pool, {shadow.pool.resource_name}, keeps it"
+        )
     vfs = [d for m in assignment.pools for d in m.devices if d.kind is DeviceKind.VF]
     left = [u for u in assignment.unmatched if u.device.kind is DeviceKind.VF]
     print(f"VFs in a pool: {len(vfs)} of {len(vfs) + len(left)}")
     if assignment.unmatched:
         why = [
-            (str(u.device.address), str(u.device.kind), str(u.device.ids),
-             u.device.driver or "-", "\n".join(u.reasons))
+            (
+                str(u.device.address),
+                str(u.device.kind),
+                str(u.device.ids),
+                u.device.driver or "-",
+                "\n".join(u.reasons),
+            )
             for u in assignment.unmatched
         ]
-        print_table(f"In no pool: {len(why)} device{'s' if len(why) != 1 else ''}",
-                    ("PCI address", "Kind", "ID", "Driver", "Why"), why)
+        table(
+            f"In no pool: {len(why)} device{'s' if len(why) != 1 else ''}",
+            ("PCI address", "Kind", "ID", "Driver", "Why"),
+            why,
+        )
     else:
         print("Every device is in a pool.")
