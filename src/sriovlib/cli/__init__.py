@@ -51,18 +51,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run a subcommand, turning expected failures into a message and an exit status."""
+    status = EXIT_OK
     try:
-        status: int = args.func(args)
+        status = args.func(args)
     except BrokenPipeError:
         # the reader (e.g. `| head`) went away: stop quietly, as coreutils do
         sys.stderr.close()
-        return EXIT_OK
     except SriovError as e:
-        print(f"sriovlib {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_FINDINGS
+        _error(args.command, e)
+        status = EXIT_FINDINGS
     except (ValueError, OSError) as e:
-        print(f"sriovlib {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        _error(args.command, e)
+        status = EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        status = 130
     return status
+
+
+def _error(command: str, error: Exception) -> None:
+    """Print *error* prefixed once; continuation lines are indented under it."""
+    first, *rest = str(error).splitlines() or [""]
+    print(f"sriovlib {command}: error: {first}", file=sys.stderr)
+    for line in rest:
+        print(f"  {line}", file=sys.stderr)
