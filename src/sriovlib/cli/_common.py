@@ -17,8 +17,10 @@ __all__ = ["add_host_options", "open_host", "print_json", "print_table"]
 _PIPE_WIDTH = 400
 
 
-def add_host_options(parser: argparse.ArgumentParser) -> None:
-    """Add ``--sysfs-root``, ``--example`` and ``--json`` to a subcommand."""
+def add_host_options(parser: argparse.ArgumentParser, *, json: bool = True) -> None:
+    """Add ``--sysfs-root`` and ``--example`` (and ``--json`` unless *json* is False)."""
+    from sriovlib.testing.presets import EXAMPLES
+
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--sysfs-root",
@@ -29,10 +31,11 @@ def add_host_options(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--example",
         metavar="NAME",
-        help="use a built-in example host instead of this node "
-        "(mlx5, i40e, ixgbe, ice, igb, mixed, mlx5-ib, no-sriov)",
+        choices=list(EXAMPLES),
+        help=f"use a built-in example host instead of this node ({', '.join(EXAMPLES)})",
     )
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    if json:
+        parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 @contextmanager

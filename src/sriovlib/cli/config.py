@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sriovlib.cli._common import open_host
+from sriovlib.cli._common import add_host_options, open_host
 from sriovlib.pools import dump_config, generate_config
 from sriovlib.sysfs import read_selector_facts
 
@@ -36,19 +36,7 @@ def register(subparsers: Any) -> None:
         "selects every VF of this node (or of --sysfs-root/--example). PFs without VFs "
         "get no pool; enable VFs first.",
     )
-    source = generate.add_mutually_exclusive_group()
-    source.add_argument(
-        "--sysfs-root",
-        metavar="DIR",
-        default="/",
-        help="read sysfs from DIR/sys instead of /sys (default: /)",
-    )
-    source.add_argument(
-        "--example",
-        metavar="NAME",
-        help="use a built-in example host instead of this node "
-        "(mlx5, i40e, ixgbe, ice, igb, mixed, mlx5-ib, no-sriov)",
-    )
+    add_host_options(generate, json=False)
     generate.add_argument(
         "-o", "--output", metavar="FILE", help="write to FILE instead of standard output"
     )
