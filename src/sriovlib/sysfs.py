@@ -14,6 +14,7 @@ import errno
 import functools
 import os
 from pathlib import Path
+from typing import Protocol
 
 import attrs
 
@@ -28,7 +29,7 @@ from sriovlib.models import (
     VirtualFunction,
 )
 
-__all__ = ["Inventory", "Sysfs", "check_netdev_name"]
+__all__ = ["Inventory", "KernelWriter", "Sysfs", "SysfsWriter", "check_netdev_name"]
 
 _NETWORK_CLASS = 0x02
 # errnos that mean "this attribute does not apply to this device" rather than "broken"
@@ -86,7 +87,7 @@ class _Device:
                 self.problems.append(f"{name}: {e.strerror or e}")
             return None
 
-    def int(self, name: str, base: int = 10, *, required: bool = False) -> int | None:
+    def number(self, name: str, base: int = 10, *, required: bool = False) -> int | None:
         raw = self.text(name)
         if raw is None:
             if required:
@@ -116,12 +117,12 @@ class _Device:
 
     def ids(self) -> PciId:
         return PciId(
-            vendor=self.int("vendor", 16, required=True) or 0,
-            device=self.int("device", 16, required=True) or 0,
+            vendor=self.number("vendor", 16, required=True) or 0,
+            device=self.number("device", 16, required=True) or 0,
         )
 
     def numa_node(self) -> int | None:
-        node = self.int("numa_node")
+        node = self.number("numa_node")
         return None if node is None or node < 0 else node
 
     def iommu_group(self) -> int | None:
@@ -135,13 +136,49 @@ class _Device:
             return None
 
 
-class Sysfs:
-    """Read-only view of a (real or generated) sysfs tree under *root*."""
+class SysfsWriter(Protocol):
+    """Where :class:`Sysfs` writes go: the kernel, or a fake kernel in tests.
 
-    def __init__(self, root: str | os.PathLike[str] = "/") -> None:
+    ``write`` raises :class:`OSError` with the kernel's errno (``EBUSY``, ``ERANGE``...)
+    when the write is refused. A generated tree is a plain directory that cannot refuse
+    anything, so tests pass :class:`sriovlib.testing.fakenetlink.FakeNetlink`, which
+    applies the kernel's rules and regenerates the tree.
+    """
+
+    def write(self, path: Path, value: str) -> None:
+        """Write *value* to the attribute file *path* in one ``write(2)``."""
+
+
+class KernelWriter:
+    """The real writer: one unbuffered ``write(2)``, so the kernel's errno is not lost.
+
+    (A buffered ``open(...).write(...)`` reports a refused write only at ``close``, and
+    not at all when the file object is garbage-collected.)
+    """
+
+    def write(self, path: Path, value: str) -> None:
+        """Write *value* to *path*; raise OSError with the kernel's errno."""
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
+
+
+class Sysfs:
+    """View of a (real or generated) sysfs tree under *root*.
+
+    Reads only, except the clearly marked writes section, whose writes all go through
+    *writer* (default :class:`KernelWriter`).
+    """
+
+    def __init__(
+        self, root: str | os.PathLike[str] = "/", writer: SysfsWriter | None = None
+    ) -> None:
         self.root = Path(root)
         self._devices = f"{root}/sys/bus/pci/devices"
         self._net = f"{root}/sys/class/net"
+        self.writer: SysfsWriter = writer if writer is not None else KernelWriter()
 
     # -- discovery ------------------------------------------------------------------
 
@@ -158,7 +195,7 @@ class Sysfs:
         problems: list[str] = []
         for name in names:
             dev = _Device(f"{self._devices}/{name}", name)
-            cls = dev.int("class", 16)
+            cls = dev.number("class", 16)
             if cls is None:
                 problems.append(f"{name}: cannot read PCI class ({'; '.join(dev.problems)})")
                 continue
@@ -168,7 +205,7 @@ class Sysfs:
             if physfn is not None:
                 pending_vfs.append((dev, physfn))
                 continue
-            total = dev.int("sriov_totalvfs")
+            total = dev.number("sriov_totalvfs")
             if total is None and not dev.problems:
                 other.append(self._nic(dev))
                 continue
@@ -191,7 +228,7 @@ class Sysfs:
             index: dict[str, int] = {}
             self._virtfn_indices(_Device(f"{self._devices}/{physfn}", physfn), index)
             return self._vf(dev, physfn, index)
-        total = dev.int("sriov_totalvfs")
+        total = dev.number("sriov_totalvfs")
         if total is None and not dev.problems:
             return self._nic(dev)
         return self._pf(dev, total, {})
@@ -289,6 +326,40 @@ class Sysfs:
             return None
         return None
 
+    # -- writes (VF lifecycle) -------------------------------------------------------
+    # Every write goes through ``self.writer``. The fresh reads next to them are what
+    # ``Host.set_num_vfs`` polls while it waits for the kernel to finish.
+
+    def write_num_vfs(self, pf: PciAddress, count: int) -> None:
+        """Write *count* to the PF's ``sriov_numvfs``.
+
+        Raises OSError with the kernel's errno: ``EBUSY`` when changing a non-zero
+        count to another non-zero count, ``ERANGE`` above ``sriov_totalvfs``.
+        """
+        self.writer.write(Path(self._devices) / str(pf) / "sriov_numvfs", str(count))
+
+    def num_vfs(self, pf: PciAddress) -> int:
+        """The PF's ``sriov_numvfs`` now (0 when unreadable)."""
+        value = _Device(f"{self._devices}/{pf}", str(pf)).number("sriov_numvfs")
+        return value or 0
+
+    def vfs_of(self, pf: PciAddress) -> tuple[VirtualFunction, ...]:
+        """The PF's VFs in index order, reading only the PF's ``virtfnN`` links and
+        those VFs (no bus scan)."""
+        index: dict[str, int] = {}
+        self._virtfn_indices(_Device(f"{self._devices}/{pf}", str(pf)), index)
+        vfs = [
+            self._vf(_Device(f"{self._devices}/{address}", address), str(pf), index)
+            for address in index
+        ]
+        return tuple(sorted(vfs, key=lambda vf: vf.index))
+
+    def carrier(self, netdev: str) -> bool | None:
+        """Whether *netdev* has carrier; None when the kernel does not say (it is down,
+        or gone)."""
+        value = _Device(self._net, netdev).number(f"{netdev}/carrier")
+        return None if value is None else value == 1
+
     # -- per device ---------------------------------------------------------------
 
     def _nic(self, dev: _Device) -> NetworkDevice:
@@ -306,14 +377,14 @@ class Sysfs:
         link_type = LinkType.ETHERNET
         switchdev = None
         if netdevs:
-            arphrd = dev.int(f"net/{netdevs[0]}/type")
+            arphrd = dev.number(f"net/{netdevs[0]}/type")
             if arphrd is not None:
                 link_type = LinkType.from_arphrd(arphrd)
             switch_id = dev.text(f"net/{netdevs[0]}/phys_switch_id")
             port_name = dev.text(f"net/{netdevs[0]}/phys_port_name")
             if switch_id and port_name:
                 switchdev = Switchdev(switch_id=switch_id, port_name=port_name)
-        num = dev.int("sriov_numvfs", required=True)
+        num = dev.number("sriov_numvfs", required=True)
         self._virtfn_indices(dev, vf_index)
         return PhysicalFunction(
             address=PciAddress.parse(dev.address),
@@ -393,3 +464,99 @@ def _nearest_pci_ancestor(path: str) -> PciAddress | None:
             except InvalidPciAddress:
                 continue
     return None
+
+
+# -- added for device-plugin pool selectors (sriovlib.pools, issue 5) ---------------
+# Facts that only pool selectors need and the models do not carry. Every reader treats
+# a missing attribute as "unknown", which a selector then does not match.
+
+
+@attrs.frozen
+class SelectorFacts:
+    """Per-device facts read for pool selectors, keyed by PCI address.
+
+    Attributes:
+        acpi_index: ``<bdf>/acpi_index`` where the firmware provides one.
+        rdma_devices: RDMA device names under ``<bdf>/infiniband/``.
+        arphrd: The ``type`` (ARPHRD number) of the device's first netdev.
+        uplink: For a PF in switchdev mode, its uplink netdev (``phys_port_name`` ``pN``),
+            which is the PF's name even when representors sort before it.
+        vdpa_driver: The driver bound to a vDPA device whose parent is the function
+            (``vhost_vdpa`` or ``virtio_vdpa``).
+        default_route_netdevs: Interfaces carrying an IPv4 default route in the main
+            table (``/proc/net/route``); empty when that file is absent.
+    """
+
+    acpi_index: dict[PciAddress, str] = attrs.field(factory=dict)
+    rdma_devices: dict[PciAddress, tuple[str, ...]] = attrs.field(factory=dict)
+    arphrd: dict[PciAddress, int] = attrs.field(factory=dict)
+    uplink: dict[PciAddress, str] = attrs.field(factory=dict)
+    vdpa_driver: dict[PciAddress, str] = attrs.field(factory=dict)
+    default_route_netdevs: frozenset[str] = frozenset()
+
+
+def read_selector_facts(sysfs: Sysfs) -> SelectorFacts:
+    """Read :class:`SelectorFacts` for every network-class PCI function in one pass."""
+    facts = SelectorFacts(default_route_netdevs=_default_route_netdevs(sysfs.root))
+    try:
+        names = sorted(os.listdir(sysfs._devices))
+    except OSError:
+        return facts
+    for name in names:
+        dev = _Device(f"{sysfs._devices}/{name}", name)
+        cls = dev.number("class", 16)
+        if cls is not None and cls >> 16 == _NETWORK_CLASS:
+            try:
+                address = _parse_address(name)
+            except InvalidPciAddress:
+                continue
+            _read_device_facts(dev, address, facts)
+    _read_vdpa_drivers(f"{sysfs.root}/sys/bus/vdpa/devices", facts)
+    return facts
+
+
+def _read_device_facts(dev: _Device, address: PciAddress, facts: SelectorFacts) -> None:
+    acpi = dev.text("acpi_index")
+    if acpi:
+        facts.acpi_index[address] = acpi
+    rdma = dev.listdir("infiniband")
+    if rdma:
+        facts.rdma_devices[address] = rdma
+    netdevs = dev.listdir("net")
+    if netdevs:
+        arphrd = dev.number(f"net/{netdevs[0]}/type")
+        if arphrd is not None:
+            facts.arphrd[address] = arphrd
+    for netdev in netdevs:
+        port = dev.text(f"net/{netdev}/phys_port_name") or ""
+        if port[:1] == "p" and port[1:].isdigit():
+            facts.uplink[address] = netdev
+            break
+
+
+def _read_vdpa_drivers(bus: str, facts: SelectorFacts) -> None:
+    """Map each vDPA device's parent PCI function to the vDPA driver bound to it."""
+    try:
+        names = sorted(os.listdir(bus))
+    except OSError:
+        return
+    for name in names:
+        parent = _nearest_pci_ancestor(os.path.realpath(f"{bus}/{name}"))
+        driver = _readlink_basename(f"{bus}/{name}/driver")
+        if parent is not None and driver is not None:
+            facts.vdpa_driver[parent] = driver
+
+
+def _default_route_netdevs(root: Path) -> frozenset[str]:
+    """Interfaces with an IPv4 default route (destination and mask 0) in /proc/net/route."""
+    try:
+        with open(f"{root}/proc/net/route") as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:
+        return frozenset()
+    found = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 8 and fields[1] == "00000000" and fields[7] == "00000000":
+            found.add(fields[0])
+    return frozenset(found)
