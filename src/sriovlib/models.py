@@ -13,16 +13,28 @@ import re
 
 import attrs
 
-from sriovlib.exceptions import InvalidPciAddress
+from sriovlib.exceptions import InvalidPciAddress, SriovError
 
 __all__ = [
+    "ZERO_MAC",
+    "AttachSnapshot",
+    "InvalidVfConfig",
     "LinkType",
     "NetworkDevice",
+    "NumVfsChange",
     "PciAddress",
     "PciId",
     "PhysicalFunction",
+    "ReleaseReport",
     "Switchdev",
+    "VfCapabilities",
+    "VfConfig",
+    "VfKnob",
+    "VfLinkState",
+    "VfState",
     "VirtualFunction",
+    "VlanProto",
+    "mac_problem",
 ]
 
 _PCI_ADDRESS = re.compile(
@@ -226,3 +238,404 @@ class NetworkDevice:
     driver: str | None
     netdevs: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()
+
+
+# -- VF configuration and observed state (issue 3: the VF lifecycle) --------------------
+#
+# ``VfConfig`` is what a caller asks for; ``VfState`` is what the kernel reports for one VF
+# through its PF (``IFLA_VFINFO_LIST``). Both use the same field names, so a config can be
+# checked against a state field by field. A bad config never exists: the constructor
+# rejects it, so nothing with a bad value can reach the kernel.
+
+
+class InvalidVfConfig(SriovError, ValueError):
+    """A :class:`VfConfig` value is out of range or inconsistent; nothing was changed.
+
+    Attributes:
+        problems: One message per problem found (all of them, not just the first).
+    """
+
+    def __init__(self, problems: tuple[str, ...]) -> None:
+        self.problems = problems
+        super().__init__("invalid VF configuration: " + "; ".join(problems))
+
+
+class VlanProto(enum.StrEnum):
+    """The VLAN protocol of a VF's port VLAN."""
+
+    DOT1Q = "802.1q"
+    DOT1AD = "802.1ad"
+
+    @property
+    def ethertype(self) -> int:
+        """The ethertype the kernel takes (0x8100 or 0x88a8)."""
+        return 0x88A8 if self is VlanProto.DOT1AD else 0x8100
+
+    @classmethod
+    def from_ethertype(cls, value: int) -> VlanProto:
+        """The protocol for ethertype *value*; anything but 0x88a8 reads as 802.1Q."""
+        return cls.DOT1AD if value == 0x88A8 else cls.DOT1Q
+
+
+class VfLinkState(enum.StrEnum):
+    """A VF's administrative link state (``ip link set PF vf N state ...``)."""
+
+    AUTO = "auto"
+    ENABLE = "enable"
+    DISABLE = "disable"
+
+    @property
+    def kernel_value(self) -> int:
+        """``IFLA_VF_LINK_STATE_*``: auto 0, enable 1, disable 2."""
+        return _LINK_STATE_VALUES[self]
+
+    @classmethod
+    def from_kernel(cls, value: int) -> VfLinkState | None:
+        """The state for an ``IFLA_VF_LINK_STATE_*`` number, or None for an unknown one."""
+        for state, number in _LINK_STATE_VALUES.items():
+            if number == value:
+                return state
+        return None
+
+
+_LINK_STATE_VALUES = {VfLinkState.AUTO: 0, VfLinkState.ENABLE: 1, VfLinkState.DISABLE: 2}
+
+
+class VfKnob(enum.StrEnum):
+    """One VF setting a driver may or may not accept (see ``Host.capabilities``)."""
+
+    MAC = "mac"
+    VLAN = "vlan"
+    QOS = "qos"
+    VLAN_8021AD = "802.1ad"
+    SPOOFCHK = "spoofchk"
+    TRUST = "trust"
+    LINK_STATE = "link_state"
+    MIN_TX_RATE = "min_tx_rate"
+    MAX_TX_RATE = "max_tx_rate"
+    QUERY_RSS = "query_rss"
+
+
+ZERO_MAC = "00:00:00:00:00:00"
+_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+_MAX_U32 = 2**32 - 1
+
+
+def mac_problem(mac: str) -> str | None:
+    """Why *mac* (lower case) is not a usable unicast MAC address, or None if it is."""
+    if not _MAC.fullmatch(mac):
+        return f"mac {mac!r} is not of the form 02:00:00:00:00:01"
+    if mac == ZERO_MAC:
+        return "mac 00:00:00:00:00:00 is not a usable address"
+    if int(mac[:2], 16) & 1:
+        return f"mac {mac} is a multicast address"
+    return None
+
+
+def _lower_mac(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _vlan_proto(value: object) -> object:
+    if isinstance(value, str) and value.lower() in ("802.1q", "802.1ad"):
+        return VlanProto(value.lower())
+    return value
+
+
+def _link_state(value: object) -> object:
+    if isinstance(value, str) and value in VfLinkState.__members__.values():
+        return VfLinkState(value)
+    return value
+
+
+@attrs.frozen
+class VfConfig:
+    """The VF settings a caller wants; a field left None is not touched.
+
+    Attributes:
+        mac: Administrative MAC address (set through the PF), e.g. ``02:00:00:00:00:01``.
+        vlan: Port VLAN 0-4094 (0 removes it).
+        qos: VLAN priority 0-7; needs ``vlan`` (a non-zero qos needs a non-zero vlan).
+        vlan_proto: ``802.1q`` (default) or ``802.1ad``; needs a non-zero ``vlan``.
+        spoofchk: MAC/VLAN anti-spoofing.
+        trust: Trusted mode (promiscuous, MAC changes from inside the VF).
+        link_state: ``auto``, ``enable`` or ``disable``.
+        min_tx_rate: Guaranteed rate in Mbit/s (0 = none).
+        max_tx_rate: Rate limit in Mbit/s (0 = no limit).
+        query_rss: Let the VF query the PF's RSS configuration.
+
+    The constructor checks every field and raises :class:`InvalidVfConfig` listing every
+    problem; strings for ``vlan_proto`` and ``link_state`` are accepted and converted.
+    """
+
+    mac: str | None = attrs.field(default=None, converter=_lower_mac)
+    vlan: int | None = None
+    qos: int | None = None
+    vlan_proto: VlanProto | None = attrs.field(default=None, converter=_vlan_proto)
+    spoofchk: bool | None = None
+    trust: bool | None = None
+    link_state: VfLinkState | None = attrs.field(default=None, converter=_link_state)
+    min_tx_rate: int | None = None
+    max_tx_rate: int | None = None
+    query_rss: bool | None = None
+
+    def __attrs_post_init__(self) -> None:
+        problems = self._problems()
+        if problems:
+            raise InvalidVfConfig(tuple(problems))
+
+    def _problems(self) -> list[str]:  # noqa: PLR0912 - one check per rule, in order
+        problems: list[str] = []
+        if self.mac is not None:
+            problem = mac_problem(self.mac) if isinstance(self.mac, str) else "mac must be a string"
+            if problem:
+                problems.append(problem)
+        typed = len(problems)
+        for name in ("vlan", "qos", "min_tx_rate", "max_tx_rate"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                problems.append(f"{name} must be an integer, not {value!r}")
+        for name in ("spoofchk", "trust", "query_rss"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                problems.append(f"{name} must be true or false, not {value!r}")
+        if len(problems) > typed:
+            return problems  # range checks below assume the types are right
+        if self.vlan is not None and not 0 <= self.vlan <= 4094:
+            problems.append(f"vlan {self.vlan} is outside 0-4094")
+        if self.qos is not None:
+            if not 0 <= self.qos <= 7:
+                problems.append(f"qos {self.qos} is outside 0-7")
+            elif self.vlan is None:
+                problems.append("qos needs vlan")
+            elif self.qos and not self.vlan:
+                problems.append(f"qos {self.qos} needs a non-zero vlan")
+        proto: object = self.vlan_proto  # may hold an unconverted string
+        if proto is not None:
+            if not isinstance(proto, VlanProto):
+                problems.append(f"unknown vlan_proto {self.vlan_proto!r}: use 802.1q or 802.1ad")
+            elif self.vlan is None:
+                problems.append("vlan_proto needs vlan")
+            elif self.vlan_proto is VlanProto.DOT1AD and not self.vlan:
+                problems.append("vlan_proto 802.1ad needs a non-zero vlan")
+        link_state: object = self.link_state
+        if link_state is not None and not isinstance(link_state, VfLinkState):
+            problems.append(f"unknown link_state {self.link_state!r}: use auto, enable or disable")
+        for name in ("min_tx_rate", "max_tx_rate"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= _MAX_U32:
+                problems.append(f"{name} {value} is outside 0-{_MAX_U32}")
+        if (
+            self.min_tx_rate is not None
+            and self.max_tx_rate
+            and self.min_tx_rate > self.max_tx_rate
+        ):
+            problems.append(
+                f"min_tx_rate {self.min_tx_rate} is above max_tx_rate {self.max_tx_rate}"
+            )
+        return problems
+
+    def fields(self) -> tuple[str, ...]:
+        """The names of the fields that are set, in declaration order."""
+        return tuple(f.name for f in attrs.fields(VfConfig) if getattr(self, f.name) is not None)
+
+    def knobs(self) -> frozenset[VfKnob]:
+        """The driver features this config needs (for checking against capabilities)."""
+        needed: set[VfKnob] = set()
+        for name in self.fields():
+            if name == "vlan_proto":
+                if self.vlan_proto is VlanProto.DOT1AD:
+                    needed.add(VfKnob.VLAN_8021AD)
+            elif name == "qos":
+                if self.qos:
+                    needed.add(VfKnob.QOS)
+            elif name == "min_tx_rate":
+                if self.min_tx_rate:
+                    needed.add(VfKnob.MIN_TX_RATE)
+            else:
+                needed.add(VfKnob(name))
+        return frozenset(needed)
+
+
+@attrs.frozen
+class VfState:
+    """A VF's administrative settings as its PF's driver reports them.
+
+    Attributes:
+        index: The VF number on its PF.
+        mac: The administrative MAC; ``00:00:00:00:00:00`` when none is set.
+        vlan / qos / vlan_proto: The port VLAN (0: none).
+        spoofchk / trust / query_rss: None when the driver does not report the setting.
+        link_state: None when the driver reports a value the kernel does not define.
+        min_tx_rate / max_tx_rate: Mbit/s, 0 for none.
+    """
+
+    index: int
+    mac: str = ZERO_MAC
+    vlan: int = 0
+    qos: int = 0
+    vlan_proto: VlanProto = VlanProto.DOT1Q
+    spoofchk: bool | None = None
+    trust: bool | None = None
+    link_state: VfLinkState | None = VfLinkState.AUTO
+    min_tx_rate: int = 0
+    max_tx_rate: int = 0
+    query_rss: bool | None = None
+
+    def mismatches(self, config: VfConfig) -> tuple[str, ...]:
+        """The fields of *config* whose value this state does not have.
+
+        A field the driver does not report (None here) cannot be checked and is not
+        counted as a mismatch.
+        """
+        return tuple(
+            name
+            for name in config.fields()
+            if getattr(self, name) is not None and getattr(self, name) != getattr(config, name)
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict (enums as their strings)."""
+        return {
+            f.name: (str(v) if isinstance(v, enum.Enum) else v)
+            for f in attrs.fields(VfState)
+            for v in (getattr(self, f.name),)
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> VfState:
+        """Rebuild a state written by :meth:`to_dict`."""
+        values = dict(data)
+        values["vlan_proto"] = VlanProto(str(values.get("vlan_proto", VlanProto.DOT1Q)))
+        link_state = values.get("link_state")
+        values["link_state"] = None if link_state is None else VfLinkState(str(link_state))
+        return cls(**values)  # type: ignore[arg-type]
+
+
+@attrs.frozen
+class VfCapabilities:
+    """Which VF settings a PF's driver accepts, as found by probing one VF.
+
+    Attributes:
+        driver: The PF driver the answer is cached for.
+        supported: Settings the driver accepted.
+        unsupported: Settings the driver refused, each with the errno name it gave
+            (``EOPNOTSUPP``, ``EINVAL``, ``EPROTONOSUPPORT``...).
+        unknown: Settings that could not be tested, each with the reason.
+        probed_vf: The PCI address of the VF that was probed.
+    """
+
+    driver: str | None
+    supported: frozenset[VfKnob]
+    unsupported: tuple[tuple[VfKnob, str], ...] = ()
+    unknown: tuple[tuple[VfKnob, str], ...] = ()
+    probed_vf: PciAddress | None = None
+
+    def refused(self) -> frozenset[VfKnob]:
+        """The settings the driver refused."""
+        return frozenset(knob for knob, _ in self.unsupported)
+
+    def reason(self, knob: VfKnob) -> str | None:
+        """The errno name the driver gave when refusing *knob* (None if not refused)."""
+        return dict(self.unsupported).get(knob)
+
+
+@attrs.frozen
+class NumVfsChange:
+    """What ``Host.set_num_vfs`` did.
+
+    Attributes:
+        pf: The PF's address.
+        before / after: ``sriov_numvfs`` before and after.
+        writes: The values written to ``sriov_numvfs``, in order (``(0, 2)`` when going
+            from 4 to 2; empty when nothing had to change).
+        waited: Seconds spent waiting for VFs, their netdevs and the PF's carrier.
+        vfs: The VFs present afterwards.
+    """
+
+    pf: PciAddress
+    before: int
+    after: int
+    writes: tuple[int, ...]
+    waited: float
+    vfs: tuple[VirtualFunction, ...] = ()
+
+
+@attrs.frozen
+class AttachSnapshot:
+    """Everything ``Host.attach`` changed, so ``Host.release`` can undo it.
+
+    Persist it with :meth:`to_dict` (plain JSON types) if the release may happen in
+    another process.
+
+    Attributes:
+        vf / pf: PCI addresses of the VF and its PF.
+        vf_index: The VF number on the PF.
+        pf_netdev: The PF interface the VF settings go through.
+        netns: The target namespace as a path (None when it was given as a file
+            descriptor: pass it again to ``release``).
+        ifname: The VF's name inside the namespace.
+        host_name / host_mac / host_mtu / host_up: The netdev as it was on the host;
+            all None when the VF had no netdev (bound to vfio-pci or another userspace
+            driver): then only the VF settings are restored.
+        host_index: The netdev's ifindex on the host at attach time (for the record: the
+            kernel gives it another one when the index is taken in the namespace).
+        mac: The MAC ``attach`` gave the netdev in the namespace, if any. With
+            ``host_mac`` it identifies the netdev where the kernel reports no parent
+            device (kernels before 5.16; veths in the kernel tests).
+        driver: The VF's driver at attach time.
+        vf_state: The VF's settings through the PF before anything changed.
+    """
+
+    vf: PciAddress
+    pf: PciAddress
+    vf_index: int
+    pf_netdev: str
+    netns: str | None
+    ifname: str
+    host_name: str | None
+    host_mac: str | None
+    host_mtu: int | None
+    host_up: bool | None
+    driver: str | None
+    vf_state: VfState
+    host_index: int | None = None
+    mac: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict."""
+        data = attrs.asdict(self, recurse=False)
+        data["vf"], data["pf"] = str(self.vf), str(self.pf)
+        data["vf_state"] = self.vf_state.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> AttachSnapshot:
+        """Rebuild a snapshot written by :meth:`to_dict`."""
+        values = dict(data)
+        values["vf"] = PciAddress.parse(str(values["vf"]))
+        values["pf"] = PciAddress.parse(str(values["pf"]))
+        values["vf_state"] = VfState.from_dict(values["vf_state"])  # type: ignore[arg-type]
+        return cls(**values)  # type: ignore[arg-type]
+
+
+@attrs.frozen
+class ReleaseReport:
+    """What ``Host.release`` found and did.
+
+    Attributes:
+        vf: The VF's address.
+        found_in: Where the VF netdev was: ``"namespace"`` (moved back), ``"host"``
+            (the namespace was gone, or an earlier release already moved it), or
+            ``"none"`` (no netdev: vfio-pci, unbound, or the VF no longer exists).
+        host_name: The VF netdev's name on the host afterwards (None without netdev).
+        restored: What was put back (``name``, ``mac``, ``mtu``, ``up``, ``down`` and VF
+            setting names); empty when everything already matched the snapshot.
+        warnings: Things that could not be restored, one message each.
+    """
+
+    vf: PciAddress
+    found_in: str
+    host_name: str | None
+    restored: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()

@@ -1,0 +1,903 @@
+"""The one module that speaks netlink, and the only one that imports pyroute2.
+
+It offers a small typed interface, :class:`NetlinkBackend`, with two implementations:
+:class:`KernelNetlink` (the real kernel) and
+:class:`sriovlib.testing.fakenetlink.FakeNetlink` (a fake kernel for tests). Host code
+only sees the interface, plain values (:class:`~sriovlib.models.VfState`,
+:class:`LinkInfo`) and the domain exceptions below — never a netlink message.
+
+What the interface does:
+
+- read a PF's VF list (``RTM_GETLINK`` with ``RTEXT_FILTER_VF``) in one request;
+- set exactly one VF setting per request, through the PF (``IFLA_VFINFO_LIST``);
+- read a link, set its MAC/MTU/up-down, rename it, drop an altname;
+- move a link into a namespace (a path or an open file descriptor) **and** give it its new
+  name in the same request: the kernel moves the device first and renames it in the
+  target, so the new name never exists on the host side and a host interface of the same
+  name does not matter;
+- read a device's devlink eswitch mode.
+
+Errors: every refusal becomes a :class:`KernelError` carrying the operation, the device
+and the errno; the usual errnos have their own classes (:class:`KernelNotFound`,
+:class:`Unsupported`, :class:`InvalidValue`, :class:`Busy`).
+
+Why :class:`KernelNetlink` sends pyroute2-encoded messages over its own socket instead of
+calling ``IPRoute``: (1) a VF list is one message that grows with the VF count; it is
+read with a buffer sized by ``MSG_PEEK | MSG_TRUNC``, so it is never cut short, and its
+entries are walked past the 64 KiB point where the list attribute's 16-bit length wraps
+(see :func:`_vfinfo_chunks`); (2) pyroute2 0.9 encodes ``IFLA_VF_VLAN_INFO`` two bytes
+short of the kernel's struct, so the kernel answers EINVAL to any VLAN-protocol request
+(802.1ad could never be reported as unsupported), so that one request is built by hand;
+(3) ``IPRoute(netns=...)`` forks a helper per socket and by default *creates* a namespace
+that does not exist — a release after the pod's namespace was deleted must not resurrect
+it. Namespaces are entered by a short-lived thread (``setns``) that only opens the socket.
+
+pyroute2 is imported on first use, not at ``import sriovlib`` (it costs ~150 ms).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import errno
+import functools
+import os
+import socket
+import struct
+import threading
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+
+import attrs
+
+from sriovlib.exceptions import SriovError
+from sriovlib.models import ZERO_MAC, VfLinkState, VfState, VlanProto
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+__all__ = [
+    "Busy",
+    "InvalidValue",
+    "KernelError",
+    "KernelNetlink",
+    "KernelNotFound",
+    "LinkInfo",
+    "NetlinkBackend",
+    "NetnsRef",
+    "Unsupported",
+    "errno_name",
+    "kernel_error",
+]
+
+#: A network namespace: a path (``/run/netns/pod1``, ``/proc/PID/ns/net``) or an open fd.
+NetnsRef: TypeAlias = "str | os.PathLike[str] | int"
+
+
+# -- errors ---------------------------------------------------------------------------
+
+
+class KernelError(SriovError):
+    """The kernel refused an operation.
+
+    Attributes:
+        operation: What was asked, e.g. ``"set VF max_tx_rate"``.
+        device: What it was asked of, e.g. ``"eth0 vf 2"``.
+        errno: The kernel's errno (``errno.EOPNOTSUPP``...).
+        driver: The driver in charge, when known.
+        knob: The VF setting concerned, when there is one.
+    """
+
+    def __init__(
+        self,
+        operation: str,
+        device: str,
+        code: int,
+        *,
+        driver: str | None = None,
+        knob: str | None = None,
+        detail: str = "",
+    ) -> None:
+        self.operation = operation
+        self.device = device
+        self.errno = code
+        self.driver = driver
+        self.knob = knob
+        self.detail = detail
+        where = device if driver is None else f"{device} (driver {driver})"
+        message = f"{operation} on {where} failed: {os.strerror(code)} [{self.errno_name}]"
+        if detail:
+            message += f": {detail}"
+        super().__init__(message)
+
+    @property
+    def errno_name(self) -> str:
+        """The symbolic errno, e.g. ``EOPNOTSUPP``."""
+        return errno_name(self.errno)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_error,
+            (
+                type(self),
+                self.operation,
+                self.device,
+                self.errno,
+                self.driver,
+                self.knob,
+                self.detail,
+            ),
+        )
+
+
+def errno_name(code: int) -> str:
+    """``EOPNOTSUPP`` for 95 (Python's table says ``ENOTSUP``, the same number on Linux)."""
+    if code == errno.EOPNOTSUPP:
+        return "EOPNOTSUPP"
+    return errno.errorcode.get(code, str(code))
+
+
+def _rebuild_error(cls: type[KernelError], *args: Any) -> KernelError:
+    operation, device, code, driver, knob, detail = args
+    return cls(operation, device, code, driver=driver, knob=knob, detail=detail)
+
+
+class KernelNotFound(KernelError, LookupError):
+    """The device, VF or namespace does not exist (ENODEV, ENOENT, ENXIO)."""
+
+
+class Unsupported(KernelError):
+    """The driver does not implement this (EOPNOTSUPP, EPROTONOSUPPORT, ENOSYS)."""
+
+
+class InvalidValue(KernelError, ValueError):
+    """The driver refused the value (EINVAL, ERANGE)."""
+
+
+class Busy(KernelError):
+    """The device is busy; trying again later may work (EBUSY, EAGAIN)."""
+
+
+_ERROR_CLASSES: dict[int, type[KernelError]] = {
+    errno.ENODEV: KernelNotFound,
+    errno.ENOENT: KernelNotFound,
+    errno.ENXIO: KernelNotFound,
+    errno.EOPNOTSUPP: Unsupported,
+    errno.EPROTONOSUPPORT: Unsupported,
+    errno.ENOSYS: Unsupported,
+    errno.EINVAL: InvalidValue,
+    errno.ERANGE: InvalidValue,
+    errno.EBUSY: Busy,
+    errno.EAGAIN: Busy,
+}
+
+
+def kernel_error(
+    code: int,
+    operation: str,
+    device: str,
+    *,
+    driver: str | None = None,
+    knob: str | None = None,
+    detail: str = "",
+) -> KernelError:
+    """The :class:`KernelError` subclass for errno *code* (the base class for others)."""
+    cls = _ERROR_CLASSES.get(code, KernelError)
+    return cls(operation, device, code, driver=driver, knob=knob, detail=detail)
+
+
+# -- the interface ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class LinkInfo:
+    """One network interface as netlink reports it.
+
+    Attributes:
+        index: The ifindex (in its namespace).
+        name: The interface name.
+        mac: The interface's own (effective) MAC address.
+        mtu: The MTU.
+        up: Whether it is administratively up (``IFF_UP``).
+        altnames: Alternative names.
+        parent: The parent device name, e.g. the PCI address ``0000:01:10.0`` of a VF
+            netdev (``IFLA_PARENT_DEV_NAME``); None for virtual devices or old kernels.
+    """
+
+    index: int
+    name: str
+    mac: str
+    mtu: int
+    up: bool
+    altnames: tuple[str, ...] = ()
+    parent: str | None = None
+
+
+class NetlinkBackend(Protocol):
+    """What :class:`sriovlib.Host` needs from netlink.
+
+    Every method is one netlink request (``links`` is one dump). *netns* None means the
+    backend's own ("host") namespace; VF settings always go through the PF in that
+    namespace. Failures raise :class:`KernelError` subclasses.
+    """
+
+    def vf_states(self, pf: str) -> tuple[VfState, ...]:
+        """Every VF's settings as PF *pf* reports them, in VF order."""
+
+    def set_vf_mac(self, pf: str, vf: int, mac: str) -> None:
+        """Set VF *vf*'s administrative MAC (``00:00:00:00:00:00`` clears it)."""
+
+    def set_vf_vlan(self, pf: str, vf: int, vlan: int, qos: int, proto: VlanProto) -> None:
+        """Set VF *vf*'s port VLAN, priority and VLAN protocol."""
+
+    def set_vf_rate(self, pf: str, vf: int, min_tx_rate: int, max_tx_rate: int) -> None:
+        """Set VF *vf*'s minimum and maximum transmit rate (Mbit/s, 0 = none)."""
+
+    def set_vf_spoofchk(self, pf: str, vf: int, on: bool) -> None:
+        """Turn VF *vf*'s spoof checking on or off."""
+
+    def set_vf_trust(self, pf: str, vf: int, on: bool) -> None:
+        """Turn VF *vf*'s trusted mode on or off."""
+
+    def set_vf_link_state(self, pf: str, vf: int, state: VfLinkState) -> None:
+        """Set VF *vf*'s administrative link state."""
+
+    def set_vf_query_rss(self, pf: str, vf: int, on: bool) -> None:
+        """Allow or forbid VF *vf* to query the PF's RSS configuration."""
+
+    def get_link(self, name: str, netns: NetnsRef | None = None) -> LinkInfo:
+        """The interface called *name* in *netns*."""
+
+    def links(self, netns: NetnsRef | None = None) -> tuple[LinkInfo, ...]:
+        """Every interface in *netns* (one dump)."""
+
+    def set_link(
+        self,
+        index: int,
+        netns: NetnsRef | None = None,
+        *,
+        mac: str | None = None,
+        mtu: int | None = None,
+        up: bool | None = None,
+    ) -> None:
+        """Change the given properties of interface *index* in one request."""
+
+    def rename_link(self, index: int, name: str, netns: NetnsRef | None = None) -> None:
+        """Rename interface *index* (the kernel refuses while it is up: EBUSY)."""
+
+    def move_link(
+        self,
+        index: int,
+        name: str,
+        *,
+        netns: NetnsRef | None = None,
+        target: NetnsRef | None = None,
+    ) -> None:
+        """Move interface *index* from *netns* into *target* and name it *name* there."""
+
+    def delete_altname(self, index: int, altname: str, netns: NetnsRef | None = None) -> None:
+        """Remove alternative name *altname* from interface *index*."""
+
+    def eswitch_mode(self, pci_address: str) -> str | None:
+        """``legacy`` or ``switchdev`` from devlink; None where devlink has no answer."""
+
+    def forget_namespaces(self) -> None:
+        """Close every handle into other namespaces (an open handle keeps a namespace
+        alive, so the kernel would not return a VF when its pod namespace is deleted)."""
+
+    def close(self) -> None:
+        """Release every resource."""
+
+
+# -- the real kernel ---------------------------------------------------------------------
+
+_NETLINK_ROUTE = 0
+_NETLINK_CAP_ACK = 10
+_NETLINK_EXT_ACK = 11
+_SOL_NETLINK = 270
+_CLONE_NEWNET = 0x40000000
+_NLMSG_ERROR = 2
+_NLMSG_DONE = 3
+_NLM_F_REQUEST = 0x1
+_NLM_F_ACK = 0x4
+_NLM_F_DUMP = 0x300
+_NLM_F_ACK_TLVS = 0x200
+_NLMSGERR_ATTR_MSG = 1
+_RTM_GETLINK = 18
+_RTM_SETLINK = 19
+_RTM_DELLINKPROP = 109
+_RTEXT_FILTER_VF = 1 << 0
+_RTEXT_FILTER_SKIP_STATS = 1 << 3
+_IFF_UP = 0x1
+_UNREPORTED = 0xFFFFFFFF  # the kernel presets spoofchk/trust/rss_query_en to -1
+_HEADER = struct.Struct("=IHHII")
+_IFINFOMSG_SIZE = 16
+_NLA_TYPE_MASK = 0x3FFF
+_IFLA_IFNAME = 3
+_IFLA_VFINFO_LIST = 22
+_IFLA_VF_INFO = 1
+_IFLA_VF_VLAN_LIST = 12
+_IFLA_VF_VLAN_INFO = 1
+_RCVBUF = 1 << 20
+
+
+@functools.cache
+def _codec() -> Any:
+    """pyroute2's link message class (``ifinfmsg``), imported on first use."""
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    return ifinfmsg
+
+
+def _nla(kind: int, payload: bytes) -> bytes:
+    """One netlink attribute, padded to 4 bytes."""
+    return struct.pack("=HH", 4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
+
+
+class _RawLinkMessage:
+    """An ``ifinfomsg`` request built by hand, for the one attribute pyroute2 gets wrong:
+    ``IFLA_VF_VLAN_INFO`` must carry the kernel's 16-byte ``struct ifla_vf_vlan_info``
+    (pyroute2 0.9 sends 14 bytes, which the kernel refuses with EINVAL)."""
+
+    def __init__(self, attributes: bytes) -> None:
+        self.attributes = attributes
+        self.header: dict[str, int] = {}
+        self.data = b""
+
+    def __getitem__(self, key: str) -> dict[str, int]:
+        return self.header
+
+    def encode(self) -> None:
+        body = struct.pack("=BxHiII", 0, 0, 0, 0, 0) + self.attributes
+        self.data = (
+            _HEADER.pack(
+                _HEADER.size + len(body),
+                self.header["type"],
+                self.header["flags"],
+                self.header["sequence_number"],
+                self.header["pid"],
+            )
+            + body
+        )
+
+
+def _vlan_list_request(pf: str, vf: int, vlan: int, qos: int, ethertype: int) -> _RawLinkMessage:
+    info = struct.pack("=III", vf, vlan, qos) + struct.pack(">H", ethertype) + b"\0\0"
+    vlan_list = _nla(_IFLA_VF_VLAN_LIST, _nla(_IFLA_VF_VLAN_INFO, info))
+    vfinfo_list = _nla(_IFLA_VFINFO_LIST, _nla(_IFLA_VF_INFO, vlan_list))
+    return _RawLinkMessage(_nla(_IFLA_IFNAME, pf.encode() + b"\0") + vfinfo_list)
+
+
+def _setns(fd: int) -> None:
+    setns = getattr(os, "setns", None)  # Python >= 3.12
+    if setns is not None:
+        setns(fd, _CLONE_NEWNET)
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, _CLONE_NEWNET) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def _new_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_ROUTE)
+    try:
+        sock.bind((0, 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+        for option in (_NETLINK_CAP_ACK, _NETLINK_EXT_ACK):
+            # older kernels lack these: their errors come without the kernel's message
+            with contextlib.suppress(OSError):
+                sock.setsockopt(_SOL_NETLINK, option, 1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _socket_in(netns_fd: int) -> socket.socket:
+    """A netlink socket bound to the namespace *netns_fd* refers to.
+
+    A socket stays in the namespace it was created in, so a throw-away thread enters the
+    namespace, creates the socket and ends; the calling thread never changes namespace.
+    """
+    outcome: dict[str, Any] = {}
+
+    def enter() -> None:
+        try:
+            _setns(netns_fd)
+            outcome["socket"] = _new_socket()
+        except BaseException as e:
+            outcome["error"] = e
+
+    thread = threading.Thread(target=enter, name="sriovlib-netns", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    sock: socket.socket = outcome["socket"]
+    return sock
+
+
+class _Channel:
+    """Request/response over one netlink socket (one namespace)."""
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        self.sock = sock
+        self.sock.settimeout(timeout)
+        self.seq = 0
+        self._peek = bytearray(1)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def request(
+        self, msg: Any, msg_type: int, operation: str, device: str, *, dump: bool = False
+    ) -> list[bytes]:
+        """Send *msg*; return the raw reply messages; raise KernelError on refusal."""
+        self.seq += 1
+        flags = _NLM_F_REQUEST | (_NLM_F_DUMP if dump else _NLM_F_ACK)
+        msg["header"]["type"] = msg_type
+        msg["header"]["flags"] = flags
+        msg["header"]["sequence_number"] = self.seq
+        msg["header"]["pid"] = 0
+        msg.encode()
+        try:
+            self.sock.send(msg.data)
+            return list(self._replies(operation, device))
+        except TimeoutError:
+            raise kernel_error(errno.ETIMEDOUT, operation, device) from None
+        except KernelError:
+            raise
+        except OSError as e:
+            raise kernel_error(e.errno or errno.EIO, operation, device) from None
+
+    def _replies(self, operation: str, device: str) -> Iterator[bytes]:
+        while True:
+            # the datagram's real size, so a VF list of any length is read whole
+            size = self.sock.recv_into(self._peek, 1, socket.MSG_PEEK | socket.MSG_TRUNC)
+            data = self.sock.recv(max(size, 1))
+            offset = 0
+            while offset + _HEADER.size <= len(data):
+                length, msg_type, flags, seq, _ = _HEADER.unpack_from(data, offset)
+                if length < _HEADER.size:
+                    break
+                if seq == self.seq:
+                    if msg_type == _NLMSG_ERROR:
+                        (code,) = struct.unpack_from("=i", data, offset + _HEADER.size)
+                        if code:
+                            detail = _ext_ack_message(data[offset : offset + length], flags)
+                            raise kernel_error(-code, operation, device, detail=detail)
+                        return
+                    if msg_type == _NLMSG_DONE:
+                        return
+                    yield bytes(data[offset : offset + length])
+                offset += (length + 3) & ~3
+
+
+def _ext_ack_message(message: bytes, flags: int) -> str:
+    """The kernel's error text from an extended ACK (NETLINK_CAP_ACK set), if any."""
+    if not flags & _NLM_F_ACK_TLVS:
+        return ""
+    offset = _HEADER.size + 4 + _HEADER.size  # header, error code, echoed request header
+    while offset + 4 <= len(message):
+        length, attr_type = struct.unpack_from("=HH", message, offset)
+        if length < 4:
+            break
+        if attr_type & 0x3FFF == _NLMSGERR_ATTR_MSG:
+            return message[offset + 4 : offset + length].split(b"\0", 1)[0].decode(errors="replace")
+        offset += (length + 3) & ~3
+    return ""
+
+
+def _vfinfo_chunks(message: bytes) -> list[bytes]:
+    """The raw ``IFLA_VF_INFO`` attributes of a link message, however many there are.
+
+    ``IFLA_VFINFO_LIST`` is one nested attribute, and an attribute's length field has 16
+    bits: past 64 KiB of VF entries (about 220 VFs with statistics) the kernel's length
+    wraps around and a generic decoder stops early or reads garbage. So
+    the entries are walked one by one from the list's start, for as long as they are
+    ``IFLA_VF_INFO`` attributes, ignoring the list's own length.
+    """
+    offset = _HEADER.size + _IFINFOMSG_SIZE
+    while offset + 4 <= len(message):
+        length, kind = struct.unpack_from("=HH", message, offset)
+        if length < 4:
+            break
+        if kind & _NLA_TYPE_MASK == _IFLA_VFINFO_LIST:
+            chunks = []
+            position = offset + 4
+            while position + 4 <= len(message):
+                size, child = struct.unpack_from("=HH", message, position)
+                if child & _NLA_TYPE_MASK != _IFLA_VF_INFO or size < 4:
+                    break
+                chunks.append(message[position : position + size])
+                position += (size + 3) & ~3
+            return chunks
+        offset += (length + 3) & ~3
+    return []
+
+
+def _flag(value: int) -> bool | None:
+    return None if value == _UNREPORTED else bool(value)
+
+
+def _vf_state(vfinfo: Any) -> VfState:
+    """A VfState from one decoded ``IFLA_VF_INFO``."""
+    attrs_ = dict(vfinfo["attrs"])
+    mac = attrs_.get("IFLA_VF_MAC")
+    vlan = attrs_.get("IFLA_VF_VLAN")
+    vlan_list = attrs_.get("IFLA_VF_VLAN_LIST")
+    proto = VlanProto.DOT1Q
+    if vlan_list is not None:
+        infos = vlan_list.get_attrs("IFLA_VF_VLAN_INFO")
+        if infos:
+            proto = VlanProto.from_ethertype(infos[0]["proto"])
+    rate = attrs_.get("IFLA_VF_RATE")
+    tx_rate = attrs_.get("IFLA_VF_TX_RATE")
+    spoofchk = attrs_.get("IFLA_VF_SPOOFCHK")
+    trust = attrs_.get("IFLA_VF_TRUST")
+    link_state = attrs_.get("IFLA_VF_LINK_STATE")
+    rss = attrs_.get("IFLA_VF_RSS_QUERY_EN")
+    index = next(v["vf"] for v in attrs_.values() if hasattr(v, "get") and "vf" in v)
+    return VfState(
+        index=index,
+        mac=mac["mac"] if mac is not None else ZERO_MAC,
+        vlan=vlan["vlan"] if vlan is not None else 0,
+        qos=vlan["qos"] if vlan is not None else 0,
+        vlan_proto=proto,
+        spoofchk=None if spoofchk is None else _flag(spoofchk["spoofchk"]),
+        trust=None if trust is None else _flag(trust["trust"]),
+        link_state=None
+        if link_state is None
+        else VfLinkState.from_kernel(link_state["link_state"]),
+        min_tx_rate=rate["min_tx_rate"] if rate is not None else 0,
+        max_tx_rate=(
+            rate["max_tx_rate"] if rate is not None else tx_rate["tx_rate"] if tx_rate else 0
+        ),
+        query_rss=None if rss is None else _flag(rss["rss_query_en"]),
+    )
+
+
+def _link_info(msg: Any) -> LinkInfo:
+    props = msg.get_attr("IFLA_PROP_LIST")
+    altnames = tuple(props.get_attrs("IFLA_ALT_IFNAME")) if props is not None else ()
+    return LinkInfo(
+        index=msg["index"],
+        name=msg.get_attr("IFLA_IFNAME"),
+        mac=msg.get_attr("IFLA_ADDRESS") or ZERO_MAC,
+        mtu=msg.get_attr("IFLA_MTU") or 0,
+        up=bool(msg["flags"] & _IFF_UP),
+        altnames=altnames,
+        parent=msg.get_attr("IFLA_PARENT_DEV_NAME"),
+    )
+
+
+def _open_netns(ref: NetnsRef) -> tuple[int, bool]:
+    """An fd for *ref* and whether the caller must close it."""
+    if isinstance(ref, int):
+        return ref, False
+    try:
+        return os.open(ref, os.O_RDONLY | os.O_CLOEXEC), True
+    except OSError as e:
+        raise kernel_error(
+            e.errno or errno.ENOENT, "open network namespace", os.fspath(ref)
+        ) from None
+
+
+class KernelNetlink:
+    """:class:`NetlinkBackend` on the real kernel.
+
+    Args:
+        netns: The namespace this backend treats as the host's (default: the calling
+            thread's). The kernel tests use a throw-away namespace here.
+        timeout: Seconds to wait for any one kernel answer.
+
+    ``requests`` counts requests by kind (``vf_list``, ``set_vf``, ``get_link``...),
+    which is what the attach/release benchmark reports.
+    """
+
+    def __init__(self, netns: NetnsRef | None = None, *, timeout: float = 10.0) -> None:
+        self.timeout = timeout
+        self.requests: collections.Counter[str] = collections.Counter()
+        home = "/proc/thread-self/ns/net" if netns is None else netns
+        fd, owned = _open_netns(home)
+        self._home_fd = os.dup(fd) if not owned else fd
+        self._home_key = _ns_key(self._home_fd)
+        sock = _new_socket() if netns is None else _socket_in(self._home_fd)
+        self._home = _Channel(sock, timeout)
+        self._foreign: dict[tuple[int, int], _Channel] = {}
+
+    def __repr__(self) -> str:
+        return f"KernelNetlink(requests={sum(self.requests.values())})"
+
+    def __enter__(self) -> KernelNetlink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every socket and the home namespace handle."""
+        self.forget_namespaces()
+        self._home.close()
+        if self._home_fd >= 0:
+            os.close(self._home_fd)
+            self._home_fd = -1
+
+    def forget_namespaces(self) -> None:
+        """Close the sockets opened in other namespaces."""
+        for channel in self._foreign.values():
+            channel.close()
+        self._foreign.clear()
+
+    def _channel(self, netns: NetnsRef | None) -> _Channel:
+        if netns is None:
+            return self._home
+        fd, owned = _open_netns(netns)
+        try:
+            key = _ns_key(fd)
+            if key == self._home_key:
+                return self._home
+            channel = self._foreign.get(key)
+            if channel is None:
+                try:
+                    sock = _socket_in(fd)
+                except OSError as e:
+                    # e.g. EINVAL: the path is not (or no longer) a network namespace
+                    raise kernel_error(
+                        e.errno or errno.EINVAL, "enter network namespace", _describe_netns(netns)
+                    ) from None
+                channel = _Channel(sock, self.timeout)
+                self._foreign[key] = channel
+            return channel
+        finally:
+            if owned:
+                os.close(fd)
+
+    def _request(
+        self,
+        kind: str,
+        msg: Any,
+        msg_type: int,
+        operation: str,
+        device: str,
+        netns: NetnsRef | None = None,
+        *,
+        dump: bool = False,
+    ) -> list[bytes]:
+        channel = self._channel(netns)
+        self.requests[kind] += 1
+        return channel.request(msg, msg_type, operation, device, dump=dump)
+
+    # -- VF settings (through the PF, in the home namespace) -----------------------
+
+    def vf_states(self, pf: str) -> tuple[VfState, ...]:
+        """Every VF's settings from one ``RTM_GETLINK`` of the PF."""
+        message_class = _codec()
+        msg = message_class()
+        msg["attrs"] = [
+            ("IFLA_IFNAME", pf),
+            ("IFLA_EXT_MASK", _RTEXT_FILTER_VF | _RTEXT_FILTER_SKIP_STATS),
+        ]
+        replies = self._request("vf_list", msg, _RTM_GETLINK, "read VF list", pf)
+        if not replies:
+            return ()
+        states = []
+        for chunk in _vfinfo_chunks(replies[0]):
+            info = message_class.vflist.vfinfo(chunk)
+            info.decode()
+            states.append(_vf_state(info))
+        return tuple(states)
+
+    def _set_vf(self, pf: str, vf: int, knob: str, nla: str, value: dict[str, Any]) -> None:
+        msg = _codec()()
+        msg["attrs"] = [
+            ("IFLA_IFNAME", pf),
+            ("IFLA_VFINFO_LIST", {"attrs": [("IFLA_VF_INFO", {"attrs": [(nla, value)]})]}),
+        ]
+        self._send_vf(pf, vf, knob, msg)
+
+    def _send_vf(self, pf: str, vf: int, knob: str, msg: Any) -> None:
+        try:
+            self._request("set_vf", msg, _RTM_SETLINK, f"set VF {knob}", f"{pf} vf {vf}")
+        except KernelError as e:
+            e.knob = knob
+            raise
+
+    def set_vf_mac(self, pf: str, vf: int, mac: str) -> None:
+        """Set the administrative MAC of VF *vf*."""
+        self._set_vf(pf, vf, "mac", "IFLA_VF_MAC", {"vf": vf, "mac": mac})
+
+    def set_vf_vlan(self, pf: str, vf: int, vlan: int, qos: int, proto: VlanProto) -> None:
+        """Set the port VLAN (802.1Q through ``IFLA_VF_VLAN``, which every driver takes;
+        802.1ad through ``IFLA_VF_VLAN_LIST``)."""
+        if proto is VlanProto.DOT1Q:
+            self._set_vf(pf, vf, "vlan", "IFLA_VF_VLAN", {"vf": vf, "vlan": vlan, "qos": qos})
+            return
+        msg = _vlan_list_request(pf, vf, vlan, qos, proto.ethertype)
+        self._send_vf(pf, vf, "vlan_proto", msg)
+
+    def set_vf_rate(self, pf: str, vf: int, min_tx_rate: int, max_tx_rate: int) -> None:
+        """Set both transmit rates in one ``IFLA_VF_RATE``."""
+        knob = "min_tx_rate" if min_tx_rate else "max_tx_rate"
+        value = {"vf": vf, "min_tx_rate": min_tx_rate, "max_tx_rate": max_tx_rate}
+        self._set_vf(pf, vf, knob, "IFLA_VF_RATE", value)
+
+    def set_vf_spoofchk(self, pf: str, vf: int, on: bool) -> None:
+        """Turn spoof checking on or off."""
+        self._set_vf(pf, vf, "spoofchk", "IFLA_VF_SPOOFCHK", {"vf": vf, "spoofchk": int(on)})
+
+    def set_vf_trust(self, pf: str, vf: int, on: bool) -> None:
+        """Turn trusted mode on or off."""
+        self._set_vf(pf, vf, "trust", "IFLA_VF_TRUST", {"vf": vf, "trust": int(on)})
+
+    def set_vf_link_state(self, pf: str, vf: int, state: VfLinkState) -> None:
+        """Set the administrative link state."""
+        value = {"vf": vf, "link_state": state.kernel_value}
+        self._set_vf(pf, vf, "link_state", "IFLA_VF_LINK_STATE", value)
+
+    def set_vf_query_rss(self, pf: str, vf: int, on: bool) -> None:
+        """Allow or forbid RSS queries."""
+        value = {"vf": vf, "rss_query_en": int(on)}
+        self._set_vf(pf, vf, "query_rss", "IFLA_VF_RSS_QUERY_EN", value)
+
+    # -- links ----------------------------------------------------------------------
+
+    def get_link(self, name: str, netns: NetnsRef | None = None) -> LinkInfo:
+        """One ``RTM_GETLINK`` by name."""
+        message_class = _codec()
+        msg = message_class()
+        msg["attrs"] = [("IFLA_IFNAME", name), ("IFLA_EXT_MASK", _RTEXT_FILTER_SKIP_STATS)]
+        replies = self._request("get_link", msg, _RTM_GETLINK, "look up", name, netns)
+        reply = message_class(replies[0])
+        reply.decode()
+        return _link_info(reply)
+
+    def links(self, netns: NetnsRef | None = None) -> tuple[LinkInfo, ...]:
+        """Every interface in *netns* (one dump)."""
+        message_class = _codec()
+        msg = message_class()
+        msg["attrs"] = [("IFLA_EXT_MASK", _RTEXT_FILTER_SKIP_STATS)]
+        where = "host namespace" if netns is None else _describe_netns(netns)
+        replies = self._request(
+            "dump_links", msg, _RTM_GETLINK, "list links", where, netns, dump=True
+        )
+        found = []
+        for raw in replies:
+            reply = message_class(raw)
+            reply.decode()
+            found.append(_link_info(reply))
+        return tuple(found)
+
+    def set_link(
+        self,
+        index: int,
+        netns: NetnsRef | None = None,
+        *,
+        mac: str | None = None,
+        mtu: int | None = None,
+        up: bool | None = None,
+    ) -> None:
+        """Change MAC, MTU and/or the up flag of *index* in one request."""
+        message_class = _codec()
+        msg = message_class()
+        msg["index"] = index
+        nlas: list[tuple[str, Any]] = []
+        what = []
+        if mac is not None:
+            nlas.append(("IFLA_ADDRESS", mac))
+            what.append(f"mac {mac}")
+        if mtu is not None:
+            nlas.append(("IFLA_MTU", mtu))
+            what.append(f"mtu {mtu}")
+        if up is not None:
+            msg["flags"] = _IFF_UP if up else 0
+            msg["change"] = _IFF_UP
+            what.append("up" if up else "down")
+        msg["attrs"] = nlas
+        self._request(
+            "set_link", msg, _RTM_SETLINK, "set " + ", ".join(what), f"ifindex {index}", netns
+        )
+
+    def rename_link(self, index: int, name: str, netns: NetnsRef | None = None) -> None:
+        """Rename *index* to *name*."""
+        message_class = _codec()
+        msg = message_class()
+        msg["index"] = index
+        msg["attrs"] = [("IFLA_IFNAME", name)]
+        self._request(
+            "rename_link", msg, _RTM_SETLINK, f"rename to {name!r}", f"ifindex {index}", netns
+        )
+
+    def move_link(
+        self,
+        index: int,
+        name: str,
+        *,
+        netns: NetnsRef | None = None,
+        target: NetnsRef | None = None,
+    ) -> None:
+        """Move and rename in one ``RTM_SETLINK`` (``IFLA_NET_NS_FD`` + ``IFLA_IFNAME``)."""
+        if target is None:
+            fd, owned = self._home_fd, False
+        else:
+            fd, owned = _open_netns(target)
+        try:
+            message_class = _codec()
+            msg = message_class()
+            msg["index"] = index
+            msg["attrs"] = [("IFLA_NET_NS_FD", fd), ("IFLA_IFNAME", name)]
+            where = "the host namespace" if target is None else _describe_netns(target)
+            self._request(
+                "move_link",
+                msg,
+                _RTM_SETLINK,
+                f"move into {where} as {name!r}",
+                f"ifindex {index}",
+                netns,
+            )
+        finally:
+            if owned:
+                os.close(fd)
+
+    def delete_altname(self, index: int, altname: str, netns: NetnsRef | None = None) -> None:
+        """``RTM_DELLINKPROP`` with one ``IFLA_ALT_IFNAME``."""
+        message_class = _codec()
+        msg = message_class()
+        msg["index"] = index
+        msg["attrs"] = [("IFLA_PROP_LIST", {"attrs": [("IFLA_ALT_IFNAME", altname)]})]
+        self._request(
+            "del_altname",
+            msg,
+            _RTM_DELLINKPROP,
+            f"delete altname {altname!r}",
+            f"ifindex {index}",
+            netns,
+        )
+
+    # -- devlink ---------------------------------------------------------------------
+
+    def eswitch_mode(self, pci_address: str) -> str | None:
+        """``DEVLINK_CMD_ESWITCH_GET`` for ``pci/<address>``; None when the device has no
+        devlink instance, its driver has no eswitch, or the kernel has no devlink."""
+        try:
+            from pyroute2 import DL
+            from pyroute2.netlink import NLM_F_REQUEST
+            from pyroute2.netlink.devlink import DEVLINK_NAMES, devlinkcmd
+            from pyroute2.netlink.exceptions import NetlinkError
+        except ImportError:
+            return None
+        self.requests["devlink"] += 1
+        try:
+            dl = DL()
+        except Exception:
+            return None
+        try:
+            msg = devlinkcmd()
+            msg["cmd"] = DEVLINK_NAMES["DEVLINK_CMD_ESWITCH_GET"]
+            msg["version"] = 1
+            msg["attrs"] = [
+                ("DEVLINK_ATTR_BUS_NAME", "pci"),
+                ("DEVLINK_ATTR_DEV_NAME", pci_address),
+            ]
+            replies = tuple(dl.nlm_request(msg, msg_type=dl.prid, msg_flags=NLM_F_REQUEST))
+        except NetlinkError as e:
+            if e.code in (errno.ENODEV, errno.EOPNOTSUPP, errno.ENOENT, errno.EINVAL):
+                return None
+            raise kernel_error(e.code, "read eswitch mode", pci_address) from None
+        finally:
+            dl.close()
+        for reply in replies:
+            mode = reply.get_attr("DEVLINK_ATTR_ESWITCH_MODE")
+            if mode is not None:
+                return {0: "legacy", 1: "switchdev"}.get(mode, str(mode))
+        return None
+
+
+def _ns_key(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def _describe_netns(ref: NetnsRef) -> str:
+    return f"namespace fd {ref}" if isinstance(ref, int) else f"namespace {os.fspath(ref)}"
