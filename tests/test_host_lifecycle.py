@@ -25,6 +25,7 @@ from sriovlib.models import (
     VlanProto,
 )
 from sriovlib.netlink import Busy, InvalidValue, KernelError, KernelNotFound, Unsupported
+from sriovlib.plugins.manager import BUILTINS, Plugins
 from sriovlib.testing import FakeSysfs, add_nic_model
 from sriovlib.testing.fakenetlink import FakeNetlink
 
@@ -36,6 +37,10 @@ IGB_REFUSED = {
     "min_tx_rate": "EINVAL",
     "802.1ad": "EPROTONOSUPPORT",
 }
+
+
+#: Vendor plugins off: the Host on its own, facing the fake kernel's igb rules.
+GENERIC_ONLY = Plugins(entry_points=False, disabled=BUILTINS)
 
 
 def _kernel(root: Path, preset: str = "igb", **options: object) -> FakeNetlink:
@@ -177,9 +182,11 @@ class TestConfigureVf:
         ],
     )
     def test_unsupported_settings_leave_nothing_half_changed(
-        self, host: Host, kernel: FakeNetlink, config: VfConfig, knob: str, code: int
+        self, kernel: FakeNetlink, config: VfConfig, knob: str, code: int
     ) -> None:
         """Mixed with supported settings, an igb refusal rolls everything back."""
+        # the kernel's refusal itself: without the igb plugin, which refuses these first
+        host = kernel.host(poll_interval=0.001, verify_timeout=0.01, plugins=GENERIC_ONLY)
         before = kernel.vf_state(PF, 2)
         mixed = VfConfig(
             **{**_fields(config), "mac": "02:00:00:00:00:22", "trust": True, "spoofchk": False}
@@ -261,10 +268,10 @@ class TestConfigureVf:
                 VfConfig(**fields)  # type: ignore[arg-type]
         assert sum(kernel.requests.values()) == 0
 
-    def test_known_unsupported_is_refused_without_a_request(
-        self, host: Host, kernel: FakeNetlink
-    ) -> None:
-        """Once capabilities() probed igb, link_state is refused up front."""
+    def test_known_unsupported_is_refused_without_a_request(self, kernel: FakeNetlink) -> None:
+        """Once capabilities() probed igb, link_state is refused up front (even with no
+        vendor plugin to know it)."""
+        host = kernel.host(poll_interval=0.001, verify_timeout=0.01, plugins=GENERIC_ONLY)
         host.capabilities("pf0")
         kernel.requests.clear()
         with pytest.raises(Unsupported, match="refused it when probed; nothing was changed"):
@@ -651,6 +658,11 @@ class TestAllOrNothing:
             return
         try:
             result = host.configure_vf(vf, config)
+        except InvalidVfConfig:
+            # the vendor plugin refused it up front: no kernel call at all
+            assert sum(kernel.requests.values()) == 0
+            assert kernel.vf_state(PF, 1) == original
+            return
         except (KernelError, NotApplied) as error:
             message = str(error)
         else:

@@ -12,7 +12,7 @@ import attrs
 import pytest
 
 from sriovlib import Host, LinkType, PciAddress, PciId, PhysicalFunction
-from sriovlib.models import VfConfig, VfLinkState, VfState
+from sriovlib.models import VfConfig, VfKnob, VfLinkState
 from sriovlib.plugins import (
     DeviceType,
     EswitchMode,
@@ -98,7 +98,8 @@ class TestChoosingThePlugin:
         infos = Plugins(entry_points=False).info()
         assert list(BUILTINS) == [i.name for i in infos]
         assert all(i.builtin for i in infos)
-        assert set(HOOKS) - {"sriovlib_match_pf"} == set(infos[0].hooks)
+        # generic answers every hook but the claim; "release everything" is the default
+        assert set(HOOKS) - {"sriovlib_match_pf", "sriovlib_release_knobs"} == set(infos[0].hooks)
         assert all("sriovlib_match_pf" in i.hooks for i in infos[1:])
 
 
@@ -225,14 +226,11 @@ class TestHooks:
         assert ["sriov_numvfs is 3 but 2 VFs exist"] == [i.message for i in issues]
         del pf
 
-    def test_hook_sriovlib_release_config(self, fake_sysfs: FakeSysfs) -> None:
-        """Generic release restores exactly the fields that were applied."""
+    def test_hook_sriovlib_release_knobs(self, fake_sysfs: FakeSysfs) -> None:
+        """Generic release restores every changed setting."""
         _, hooks = pf_hooks(fake_sysfs, "i40e")
-        original = VfState(index=0, mac="02:00:00:00:00:aa", vlan=0, spoofchk=True, trust=False)
-        applied = VfConfig(mac="02:00:00:00:00:01", vlan=100, qos=3, trust=True)
-        assert VfConfig(mac="02:00:00:00:00:aa", vlan=0, qos=0, trust=False) == (
-            hooks.release_config(original, applied)
-        )
+        changed = frozenset({VfKnob.MAC, VfKnob.VLAN, VfKnob.LINK_STATE})
+        assert changed == hooks.release_knobs(changed)
 
 
 class TestVendorQuirks:
@@ -273,11 +271,10 @@ class TestVendorQuirks:
         assert [] == hooks.check_vf_config(VfConfig(max_tx_rate=100, trust=True))
 
     def test_igb_release_skips_missing_knobs(self, fake_sysfs: FakeSysfs) -> None:
-        """igb release does not try to restore link_state."""
+        """igb release never writes back link_state (sriov-cni's unconditional reset fails)."""
         _, hooks = pf_hooks(fake_sysfs, "igb")
-        original = VfState(index=0, link_state=VfLinkState.AUTO, spoofchk=True)
-        restore = hooks.release_config(original, VfConfig(link_state="enable", spoofchk=False))
-        assert VfConfig(spoofchk=True) == restore
+        changed = frozenset({VfKnob.LINK_STATE, VfKnob.SPOOFCHK, VfKnob.MIN_TX_RATE})
+        assert frozenset({VfKnob.SPOOFCHK}) == hooks.release_knobs(changed)
 
     def test_mlx5_switchdev_order(self, fake_sysfs: FakeSysfs) -> None:
         """mlx5: legacy, numvfs through 0, unbind VFs, switchdev, rebind."""

@@ -13,6 +13,7 @@ import errno
 import os
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -45,7 +46,11 @@ from sriovlib.netlink import (
     Unsupported,
     kernel_error,
 )
+from sriovlib.plugins.types import DeviceType, EswitchMode, MacFixup, Severity, StepKind
 from sriovlib.sysfs import Inventory, Sysfs, SysfsWriter, check_netdev_name
+
+if TYPE_CHECKING:
+    from sriovlib.plugins.manager import PfHooks, Plugins
 
 __all__ = ["USERSPACE_DRIVERS", "Host", "NotApplied", "VfsNotReady"]
 
@@ -55,6 +60,16 @@ USERSPACE_DRIVERS = frozenset({"vfio-pci", "uio_pci_generic", "igb_uio"})
 _MIN_MTU, _MAX_MTU = 68, 65535
 _FALLBACK_NAME = "sriovvf%d"  # the kernel picks the first free number
 _BUSY_RETRIES = 4
+# the settings each restore step of ``release`` writes
+_RELEASE_KNOBS = {
+    "mac": frozenset({VfKnob.MAC}),
+    "trust": frozenset({VfKnob.TRUST}),
+    "spoofchk": frozenset({VfKnob.SPOOFCHK}),
+    "vlan": frozenset({VfKnob.VLAN, VfKnob.QOS, VfKnob.VLAN_8021AD}),
+    "tx_rate": frozenset({VfKnob.MIN_TX_RATE, VfKnob.MAX_TX_RATE}),
+    "query_rss": frozenset({VfKnob.QUERY_RSS}),
+    "link_state": frozenset({VfKnob.LINK_STATE}),
+}
 
 
 class VfsNotReady(SriovError, TimeoutError):
@@ -111,6 +126,13 @@ class Host:
         verify_timeout: How long ``configure_vf`` keeps re-reading a VF whose driver
             applies settings asynchronously before calling them not applied.
         poll_interval: Seconds between two looks while waiting.
+        plugins: The vendor plugins (:class:`~sriovlib.plugins.manager.Plugins`);
+            default: built-ins plus installed third-party plugins, loaded on first use.
+
+    Vendor differences come from the plugins (:meth:`hooks`): the VF limit and the
+    sequence of ``set_num_vfs``, checks before ``configure_vf`` and ``attach``, what
+    makes an admin MAC reach a bound VF netdev, the driver of a device type, and which
+    settings ``release`` puts back. The Host itself carries out what they plan.
 
     Every query reads the kernel afresh: VFs come and go, and a cached answer would go
     stale behind a long-running daemon's back. Lookups of one device read only that
@@ -127,8 +149,10 @@ class Host:
         wait_timeout: float = 30.0,
         verify_timeout: float = 1.0,
         poll_interval: float = 0.05,
+        plugins: Plugins | None = None,
     ) -> None:
         self.sysfs = Sysfs(sysfs_root, writer=sysfs_writer)
+        self._plugins = plugins
         self._netlink = netlink
         self._in_use = in_use if in_use is not None else _moved_away
         self.wait_timeout = wait_timeout
@@ -144,6 +168,20 @@ class Host:
 
             self._netlink = KernelNetlink()
         return self._netlink
+
+    @property
+    def plugins(self) -> Plugins:
+        """The vendor plugins (loaded here on first use)."""
+        if self._plugins is None:
+            from sriovlib.plugins.manager import Plugins
+
+            self._plugins = Plugins()
+        return self._plugins
+
+    def hooks(self, pf: PhysicalFunction | str | PciAddress) -> PfHooks:
+        """The vendor hooks of *pf*: its plugin's answers, falling back to generic."""
+        parent = pf if isinstance(pf, PhysicalFunction) else self.pf(pf)
+        return self.plugins.for_pf(parent)
 
     def __repr__(self) -> str:
         return f"Host(sysfs_root={str(self.sysfs.root)!r})"
@@ -192,38 +230,40 @@ class Host:
         *,
         force: bool = False,
         timeout: float | None = None,
+        eswitch_mode: EswitchMode | None = None,
     ) -> NumVfsChange:
         """Make *pf* have *count* VFs and wait until they and their netdevs exist.
 
-        A non-zero count is changed through 0, as the kernel requires; that destroys
-        every VF, so it is refused while any VF is in use (see ``in_use``) unless
-        *force*. Waits at most *timeout* seconds (default ``wait_timeout``) for the VFs,
-        the netdevs of VFs whose driver has one, and the PF's carrier if it had carrier
-        before (the PF link flaps after each change).
+        *count* is checked against ``sriov_totalvfs`` and the vendor plugin's VF limit
+        before anything is written. The steps come from the plugin's plan (generic:
+        a non-zero count changes through 0, as the kernel requires). Going through 0
+        destroys every VF, so it is refused while any VF is in use (see ``in_use``)
+        unless *force*. Waits at most *timeout* seconds (default ``wait_timeout``) for
+        the VFs, the netdevs of VFs whose driver has one, and the PF's carrier if it had
+        carrier before (the PF link flaps after each change).
 
         Raises:
-            InvalidValue: *count* is negative or exceeds ``sriov_totalvfs`` (errno
-                ERANGE; nothing was written).
+            InvalidValue: *count* is negative or above a limit (errno ERANGE; nothing
+                was written); the message names the limit and where it comes from.
+            Unsupported: the plan needs an eswitch mode change (not implemented yet:
+                the message gives the devlink command) or a reboot.
             Busy: VFs are in use and *force* is false, or the kernel said EBUSY.
             KernelError: the kernel refused the write.
             VfsNotReady: the VFs or netdevs did not appear in time.
         """
         parent = self._fresh_pf(pf)
+        hooks = self.hooks(parent)
         operation = f"set sriov_numvfs to {count}"
         device = _pf_label(parent)
-        if count < 0 or count > parent.total_vfs:
-            detail = (
-                f"{count} is negative"
-                if count < 0
-                else f"{count} exceeds totalvfs {parent.total_vfs}"
-            )
-            raise InvalidValue(operation, device, errno.ERANGE, driver=parent.driver, detail=detail)
+        self._check_count(parent, hooks, count, operation)
         before = self.sysfs.num_vfs(parent.address)
-        if before == count:
+        plan = hooks.numvfs_plan(before, count, eswitch_mode)
+        if not plan.steps:
             return NumVfsChange(
                 parent.address, before, count, (), 0.0, self.sysfs.vfs_of(parent.address)
             )
-        if before:
+        self._check_plan_possible(parent, plan.needs_reboot, plan.steps, operation, plan.note)
+        if before and plan.disruptive:
             busy = [vf for vf in self.sysfs.vfs_of(parent.address) if self._in_use(vf)]
             if busy and not force:
                 names = ", ".join(f"{vf.index} ({vf.address})" for vf in busy)
@@ -236,26 +276,108 @@ class Host:
                     "every VF (pass force=True to do it anyway)",
                 )
         carrier = self.sysfs.carrier(parent.netdevs[0]) if parent.netdevs else None
-        writes = (0, count) if before and count else (count,)
         started = time.monotonic()
-        for value in writes:
-            try:
-                self.sysfs.write_num_vfs(parent.address, value)
-            except OSError as e:
-                raise kernel_error(
-                    e.errno or errno.EIO,
-                    f"set sriov_numvfs to {value}",
-                    device,
-                    driver=parent.driver,
-                ) from None
+        writes = []
+        for step in plan.steps:
+            if step.kind is StepKind.WRITE_NUMVFS:
+                value = int(step.value or 0)
+                self._write_num_vfs(parent, value)
+                writes.append(value)
+            elif step.kind is StepKind.UNBIND_VFS:
+                for vf in self.sysfs.vfs_of(parent.address):
+                    if vf.driver is not None:
+                        self._sysfs_write(parent, "unbind VF", vf.address, vf.driver)
+            elif step.kind is StepKind.BIND_VFS:
+                for vf in self.sysfs.vfs_of(parent.address):
+                    self._sysfs_write(parent, "probe VF", vf.address, None)
+            # SET_ESWITCH_MODE steps are no-ops here: _check_plan_possible has made sure
+            # the PF is already in that mode
         deadline = started + (self.wait_timeout if timeout is None else timeout)
         vfs = self._wait_for_vfs(parent, count, deadline)
         if carrier and parent.netdevs:
             while self.sysfs.carrier(parent.netdevs[0]) is not True and time.monotonic() < deadline:
                 time.sleep(self.poll_interval)
         return NumVfsChange(
-            parent.address, before, count, writes, round(time.monotonic() - started, 3), vfs
+            parent.address, before, count, tuple(writes), round(time.monotonic() - started, 3), vfs
         )
+
+    def _check_count(
+        self, pf: PhysicalFunction, hooks: PfHooks, count: int, operation: str
+    ) -> None:
+        limit = hooks.vf_limit()
+        if 0 <= count <= min(pf.total_vfs, limit.max_vfs):
+            return
+        if count < 0:
+            detail = f"{count} is negative"
+        elif count > pf.total_vfs:
+            detail = f"{count} exceeds totalvfs {pf.total_vfs}"
+        else:
+            detail = f"{count} exceeds the {hooks.vendor} plugin's limit of {limit.max_vfs}"
+        if count >= 0 and hooks.vendor != "generic":
+            detail += f"; {limit.reason}"
+        if count >= 0 and limit.raise_hint:
+            detail += f"; to raise it: {limit.raise_hint}"
+        raise InvalidValue(operation, _pf_label(pf), errno.ERANGE, driver=pf.driver, detail=detail)
+
+    def _check_plan_possible(
+        self,
+        pf: PhysicalFunction,
+        needs_reboot: bool,
+        steps: tuple[object, ...],
+        operation: str,
+        note: str,
+    ) -> None:
+        """Refuse, before any write, a plan this Host cannot carry out."""
+        if needs_reboot:
+            raise Unsupported(
+                operation,
+                _pf_label(pf),
+                errno.EOPNOTSUPP,
+                driver=pf.driver,
+                detail=f"the change needs a reboot: {note}",
+            )
+        modes = {
+            str(getattr(s, "value", ""))
+            for s in steps
+            if getattr(s, "kind", None) is StepKind.SET_ESWITCH_MODE
+        }
+        if not modes:
+            return
+        current = self.netlink.eswitch_mode(str(pf.address))
+        if modes != {current}:
+            wanted = sorted(modes - {str(current)})
+            raise Unsupported(
+                operation,
+                _pf_label(pf),
+                errno.EOPNOTSUPP,
+                driver=pf.driver,
+                detail=f"the plan needs eswitch mode {', '.join(wanted)} (now {current}), "
+                "which sriovlib does not set yet; run: devlink dev eswitch set "
+                f"pci/{pf.address} mode <mode> (plan: {note})",
+            )
+
+    def _write_num_vfs(self, pf: PhysicalFunction, value: int) -> None:
+        try:
+            self.sysfs.write_num_vfs(pf.address, value)
+        except OSError as e:
+            raise kernel_error(
+                e.errno or errno.EIO,
+                f"set sriov_numvfs to {value}",
+                _pf_label(pf),
+                driver=pf.driver,
+            ) from None
+
+    def _sysfs_write(
+        self, pf: PhysicalFunction, operation: str, vf: PciAddress, driver: str | None
+    ) -> None:
+        """Unbind *vf* from *driver*, or (driver None) ask the kernel to probe it."""
+        try:
+            if driver is None:
+                self.sysfs.probe(vf)
+            else:
+                self.sysfs.unbind(vf, driver)
+        except OSError as e:
+            raise kernel_error(e.errno or errno.EIO, operation, str(vf), driver=pf.driver) from None
 
     def _wait_for_vfs(
         self, pf: PhysicalFunction, count: int, deadline: float
@@ -310,9 +432,109 @@ class Host:
         current = self._fresh_vf(vf)
         pf = self._fresh_pf(current.pf_address)
         pf_name = _pf_netdev(pf)
+        self._check_with_plugin(pf, current, config)
         self._refuse_known_unsupported(pf, pf_name, current, config)
         before = self._read_vf(pf_name, current.index)
         return self._apply(pf, pf_name, current, config, before)
+
+    def _check_with_plugin(
+        self, pf: PhysicalFunction, vf: VirtualFunction, config: VfConfig, mtu: int | None = None
+    ) -> None:
+        """Refuse, before any kernel call, what the vendor plugin knows will fail."""
+        pf_mtu = self.sysfs.netdev_mtu(pf.netdevs[0]) if pf.netdevs else None
+        hooks = self.hooks(pf)
+        errors = [
+            f"{issue.message} ({issue.hint})" if issue.hint else issue.message
+            for issue in hooks.check_vf_config(config, vf_mtu=mtu, pf_mtu=pf_mtu)
+            if issue.severity is Severity.ERROR
+        ]
+        if errors:
+            where = f"VF {vf.index} ({vf.address}) of {_pf_label(pf)}, {hooks.vendor} plugin"
+            raise InvalidVfConfig(tuple(f"{where}: {e}" for e in errors))
+
+    def _deliver_mac(self, pf: PhysicalFunction, vf: VirtualFunction, mac: str) -> None:
+        """Make a newly set admin MAC reach the VF's bound netdev, as its plugin says.
+
+        Nothing to do for a VF without a netdev in the host namespace (vfio-pci, or
+        moved into a pod: ``attach`` sets that netdev's MAC itself).
+        """
+        vf = self._fresh_vf(vf.address)
+        if vf.netdev is None or vf.driver is None or vf.driver in USERSPACE_DRIVERS:
+            return
+        fixup = self.hooks(pf).mac_fixup(vf)
+        if fixup is MacFixup.NONE:
+            return
+        if fixup is MacFixup.WAIT_NETDEV:
+            deadline = time.monotonic() + self.verify_timeout
+            while time.monotonic() < deadline:
+                if self.sysfs.netdev_mac(vf.netdev) == mac:
+                    return
+                time.sleep(self.poll_interval)
+            fixup = MacFixup.SET_NETDEV_MAC  # not propagated in time: set it ourselves
+        if fixup is MacFixup.SET_NETDEV_MAC:
+            _retry_busy(_bind(_set_mac, self.netlink, self.netlink.get_link(vf.netdev).index, mac))
+            return
+        self.rebind_vf(vf)
+
+    def rebind_vf(self, vf: VirtualFunction | PciAddress | str) -> VirtualFunction:
+        """Re-probe a VF's driver (unbind, bind) and keep its netdev name.
+
+        Some drivers apply an admin MAC only when the VF driver probes again (igb,
+        ixgbe). The new netdev gets whatever name the kernel picks; it is renamed back
+        to the old one while it is still down.
+        """
+        current = self._fresh_vf(vf)
+        pf = self._fresh_pf(current.pf_address)
+        if current.driver is None:
+            raise DeviceNotFound("driver of VF", str(current.address), "it is unbound")
+        old_name = current.netdev
+        self._sysfs_write(pf, "unbind VF", current.address, current.driver)
+        try:
+            self.sysfs.bind(current.address, current.driver)
+        except OSError as e:
+            raise kernel_error(
+                e.errno or errno.EIO, "bind VF", str(current.address), driver=current.driver
+            ) from None
+        deadline = time.monotonic() + self.wait_timeout
+        fresh = self._fresh_vf(current.address)
+        while old_name is not None and fresh.netdev is None:
+            if time.monotonic() >= deadline:
+                raise VfsNotReady(
+                    f"VF {current.address} has no netdev after rebinding {current.driver}"
+                )
+            time.sleep(self.poll_interval)
+            fresh = self._fresh_vf(current.address)
+        if old_name is not None and fresh.netdev is not None and fresh.netdev != old_name:
+            link = self.netlink.get_link(fresh.netdev)
+            if not link.up and _get_or_none(self.netlink, old_name, None) is None:
+                self.netlink.rename_link(link.index, old_name)
+                fresh = self._fresh_vf(current.address)
+        return fresh
+
+    def bind_driver(
+        self, vf: VirtualFunction | PciAddress | str, device_type: DeviceType
+    ) -> VirtualFunction:
+        """Bind a VF to the driver its plugin names for *device_type* (``vfio-pci`` for
+        userspace, the kernel VF driver for a netdev), through ``driver_override`` and
+        ``drivers_probe``; a VF already on that driver is left alone."""
+        current = self._fresh_vf(vf)
+        pf = self._fresh_pf(current.pf_address)
+        driver = self.hooks(pf).vf_driver(current, device_type)
+        if driver is not None and current.driver == driver:
+            return current
+        if current.driver is not None:
+            self._sysfs_write(pf, "unbind VF", current.address, current.driver)
+        try:
+            self.sysfs.set_driver_override(current.address, driver)
+            self.sysfs.probe(current.address)
+        except OSError as e:
+            raise kernel_error(
+                e.errno or errno.EIO,
+                f"bind VF to {driver}",
+                str(current.address),
+                driver=pf.driver,
+            ) from None
+        return self._fresh_vf(current.address)
 
     def _refuse_known_unsupported(
         self, pf: PhysicalFunction, pf_name: str, vf: VirtualFunction, config: VfConfig
@@ -348,7 +570,10 @@ class Host:
             for step in steps:
                 _retry_busy(step.apply)
                 applied.append(step)
-            return self._verify(pf_name, vf.index, expected, pf.driver)
+            state = self._verify(pf_name, vf.index, expected, pf.driver)
+            if config.mac is not None and before.mac != config.mac:
+                self._deliver_mac(pf, vf, config.mac)
+            return state
         except KernelError as e:
             outcome = self._undo(applied)
             knob = next((s.knob for s in steps if s not in applied), e.knob)
@@ -567,6 +792,7 @@ class Host:
         current = self._fresh_vf(vf)
         pf = self._fresh_pf(current.pf_address)
         pf_name = _pf_netdev(pf)
+        self._check_with_plugin(pf, current, config or VfConfig(), mtu)
         if config is not None:
             self._refuse_known_unsupported(pf, pf_name, current, config)
         netns_path = None if isinstance(netns, int) else os.fspath(netns)
@@ -726,6 +952,7 @@ class Host:
             changes.append(("query_rss", _bind(nl.set_vf_query_rss, pf, index, old.query_rss)))
         if old.link_state is not None and current.link_state not in (None, old.link_state):
             changes.append(("link_state", _bind(nl.set_vf_link_state, pf, index, old.link_state)))
+        changes = self._releasable(snapshot, changes)
         done = []
         for name, change in changes:
             try:
@@ -734,6 +961,17 @@ class Host:
             except KernelError as e:
                 warnings.append(f"VF {name} not restored: {e}")
         return done
+
+    def _releasable(
+        self, snapshot: AttachSnapshot, changes: list[tuple[str, Callable[[], None]]]
+    ) -> list[tuple[str, Callable[[], None]]]:
+        """Only the changes the vendor plugin says its driver can put back."""
+        if not changes:
+            return changes
+        knobs = {name: _RELEASE_KNOBS[name] for name, _ in changes}
+        changed = frozenset(k for group in knobs.values() for k in group)
+        keep = self.hooks(snapshot.pf).release_knobs(changed)
+        return [(name, change) for name, change in changes if knobs[name] & keep]
 
     def _locate(
         self, snapshot: AttachSnapshot, netns: NetnsRef | None, warnings: list[str]

@@ -360,6 +360,36 @@ class Sysfs:
         value = _Device(self._net, netdev).number(f"{netdev}/carrier")
         return None if value is None else value == 1
 
+    def netdev_mac(self, netdev: str) -> str | None:
+        """The MAC address *netdev* has now, or None when it is gone."""
+        return _Device(self._net, netdev).text(f"{check_netdev_name(netdev)}/address")
+
+    def netdev_mtu(self, netdev: str) -> int | None:
+        """The MTU of *netdev*, or None when it is gone."""
+        return _Device(self._net, netdev).number(f"{check_netdev_name(netdev)}/mtu")
+
+    def unbind(self, function: PciAddress, driver: str) -> None:
+        """Detach *function* from *driver* (``drivers/<driver>/unbind``)."""
+        self.writer.write(self._driver_dir(driver) / "unbind", str(function))
+
+    def bind(self, function: PciAddress, driver: str) -> None:
+        """Attach *function* to *driver* (``drivers/<driver>/bind``)."""
+        self.writer.write(self._driver_dir(driver) / "bind", str(function))
+
+    def set_driver_override(self, function: PciAddress, driver: str | None) -> None:
+        """Pin the driver the next probe of *function* binds (None clears the pin)."""
+        value = "\n" if driver is None else driver
+        self.writer.write(Path(self._devices) / str(function) / "driver_override", value)
+
+    def probe(self, function: PciAddress) -> None:
+        """Ask the kernel to bind a driver to *function* (``drivers_probe``)."""
+        self.writer.write(Path(self._devices).parent / "drivers_probe", str(function))
+
+    def _driver_dir(self, driver: str) -> Path:
+        if not driver or "/" in driver or driver in (".", ".."):
+            raise ValueError(f"invalid driver name {driver!r}")
+        return Path(self._devices).parent / "drivers" / driver
+
     # -- per device ---------------------------------------------------------------
 
     def _nic(self, dev: _Device) -> NetworkDevice:

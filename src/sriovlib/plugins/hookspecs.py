@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from sriovlib.models import PhysicalFunction, VfConfig, VfState, VirtualFunction
+    from sriovlib.models import PhysicalFunction, VfConfig, VfKnob, VirtualFunction
     from sriovlib.plugins.types import (
         DeviceSpecs,
         DeviceType,
@@ -51,7 +51,7 @@ __all__ = [
     "sriovlib_mac_fixup",
     "sriovlib_match_pf",
     "sriovlib_numvfs_plan",
-    "sriovlib_release_config",
+    "sriovlib_release_knobs",
     "sriovlib_vf_driver",
     "sriovlib_vf_limit",
 ]
@@ -230,20 +230,22 @@ def sriovlib_health(  # type: ignore[empty-body]
 
 
 @_spec(firstresult=True)
-def sriovlib_release_config(
-    pf: PhysicalFunction, original: VfState, applied: VfConfig
-) -> VfConfig | None:
-    """The VF settings that restore a VF when its workload releases it. *First result.*
+def sriovlib_release_knobs(
+    pf: PhysicalFunction, changed: frozenset[VfKnob]
+) -> frozenset[VfKnob] | None:
+    """Which changed VF settings to put back when a workload releases a VF.
+    *First result.*
 
-    The generic answer restores every field that was applied to its original value.
-    Leave out knobs your driver does not have (igb: link state, minimum rate), so the
-    release does not fail on them.
+    On release the Host compares the VF's settings with the snapshot taken before it
+    was handed out and restores what differs. Answer with the subset your driver can
+    restore: a driver that has no such knob reports a fixed value that may not match
+    the snapshot, and writing it back would fail the release (sriov-cni resets the link
+    state unconditionally, which igb refuses). The generic answer restores everything.
 
     Args:
         pf: The PF.
-        original: The VF's state before it was configured.
-        applied: What was applied when the VF was handed out.
+        changed: The settings that differ from the snapshot.
 
     Returns:
-        A :class:`~sriovlib.models.VfConfig`, or None for the generic answer.
+        The settings to restore (a subset of *changed*), or None for all of them.
     """

@@ -32,7 +32,7 @@ from sriovlib.plugins.types import (
 )
 
 if TYPE_CHECKING:
-    from sriovlib.models import PhysicalFunction, VfConfig, VfState, VirtualFunction
+    from sriovlib.models import PhysicalFunction, VfConfig, VfKnob, VirtualFunction
 
 __all__ = ["BUILTINS", "DISABLE_ENV", "PfHooks", "PluginInfo", "PluginLoadError", "Plugins"]
 
@@ -252,10 +252,10 @@ class PfHooks:
         answers = self._call("sriovlib_health", vfs=vfs)
         return [issue for answer in reversed(answers) for issue in answer]
 
-    def release_config(self, original: VfState, applied: VfConfig) -> VfConfig:
-        """See :func:`~sriovlib.plugins.hookspecs.sriovlib_release_config`."""
-        config: VfConfig = self._call("sriovlib_release_config", original=original, applied=applied)
-        return config
+    def release_knobs(self, changed: frozenset[VfKnob]) -> frozenset[VfKnob]:
+        """See :func:`~sriovlib.plugins.hookspecs.sriovlib_release_knobs`."""
+        knobs: frozenset[VfKnob] | None = self._call("sriovlib_release_knobs", changed=changed)
+        return changed if knobs is None else knobs & changed
 
 
 def _own_version() -> str:

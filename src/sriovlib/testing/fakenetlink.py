@@ -76,6 +76,9 @@ class DriverRules:
         reports_own_mac: Without an admin MAC, the PF reports the MAC the VF netdev set
             for itself as the VF's MAC (igb, once the VF driver has talked to the PF).
         vf_max_mtu: Largest MTU the VF netdev takes.
+        admin_mac_to_netdev: An admin MAC also reaches the VF's bound netdev (iavf
+            picks it up from the PF); otherwise the netdev keeps its MAC until the VF
+            driver probes again (igb, ixgbe) or the MAC is set on the netdev (mlx5).
     """
 
     name: str
@@ -92,6 +95,7 @@ class DriverRules:
     admin_mac_locks_vf: bool = False
     reports_own_mac: bool = False
     vf_max_mtu: int = 9216
+    admin_mac_to_netdev: bool = False
 
 
 #: Rules for drivers whose behaviour was measured on real hardware or emulation.
@@ -109,12 +113,16 @@ DRIVER_RULES: dict[str, DriverRules] = {
         reports_own_mac=True,
         admin_mac_locks_vf=True,
     ),
+    # iavf (the VF driver of i40e and ice) takes an admin MAC from the PF by itself
+    "i40e": DriverRules("i40e", admin_mac_to_netdev=True),
+    "ice": DriverRules("ice", admin_mac_to_netdev=True),
 }
 
 #: Rules for any other driver: every setting accepted.
 PERMISSIVE = DriverRules("generic")
 
 _MIN_MTU = 68
+_USERSPACE = ("vfio-pci", "uio_pci_generic", "igb_uio")
 
 
 @attrs.define
@@ -195,6 +203,8 @@ class FakeNetlink:
         self._home = _key(home)
         self._namespaces: dict[tuple[int, int], str] = {self._home: "host"}
         self._timers: list[threading.Timer] = []
+        self._id_driver: dict[str, str] = {}  # PCI address -> its kernel (netdev) driver
+        self._last_mac: dict[str, str] = {}  # PCI address -> MAC of its last netdev
         self._load()
 
     def __repr__(self) -> str:
@@ -304,8 +314,16 @@ class FakeNetlink:
         """A write to a sysfs attribute, with the kernel's rules for ``sriov_numvfs``."""
         with self._lock:
             self.sysfs_writes.append((str(path), value))
-            if Path(path).name == "sriov_numvfs":
-                self._write_num_vfs(PciAddress.parse(Path(path).parent.name), value)
+            target = Path(path)
+            if target.name == "sriov_numvfs":
+                self._write_num_vfs(PciAddress.parse(target.parent.name), value)
+                return
+            if target.name in ("bind", "unbind") and target.parent.parent.name == "drivers":
+                bind = self._bind if target.name == "bind" else self._unbind
+                bind(target.parent.name, value.strip())
+                return
+            if target.name == "drivers_probe":
+                self._probe(value.strip())
                 return
             if not Path(path).is_file():
                 raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
@@ -343,6 +361,71 @@ class FakeNetlink:
             self._timers.append(timer)
             timer.start()
 
+    def _unbind(self, driver: str, address: str) -> None:
+        """``drivers/<driver>/unbind``: the function's netdevs disappear."""
+        device = self._device(address)
+        if _basename(device / "driver") != driver:
+            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV), address)
+        for link in [link for link in self._links.values() if link.parent == address]:
+            self._destroy(link)
+        (device / "driver").unlink()
+        (self.fs.sys / "bus/pci/drivers" / driver / address).unlink(missing_ok=True)
+        if driver not in _USERSPACE:
+            # what a probe without driver_override binds again (the PCI id match)
+            self._id_driver[address] = driver
+
+    def _bind(self, driver: str, address: str) -> None:
+        """``drivers/<driver>/bind``: a netdev driver probes and creates a netdev named
+        by the kernel (``ethN``), carrying the VF's admin MAC if one is set."""
+        device = self._device(address)
+        if (device / "driver").is_symlink():
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), address)
+        drv = self.fs.sys / "bus/pci/drivers" / driver
+        if not drv.is_dir():
+            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV), driver)
+        real = device.resolve()
+        (real / "driver").symlink_to(os.path.relpath(drv, real))
+        (drv / address).symlink_to(os.path.relpath(real, drv))
+        if driver in _USERSPACE:
+            return
+        mac = self._last_mac.get(address, "02:00:00:00:00:01")
+        vf = self._vf_record(address)
+        if vf is not None and vf.admin_mac:
+            mac = vf.mac
+        name = next(f"eth{n}" for n in range(1000) if not self._taken(self._home, f"eth{n}"))
+        net = real / "net" / name
+        net.mkdir(parents=True)
+        _write(net / "type", "1")
+        _write(net / "address", mac)
+        _write(net / "mtu", "1500")
+        (net / "device").symlink_to(os.path.relpath(real, net))
+        (self.fs.sys / "class/net" / name).symlink_to(
+            os.path.relpath(net, self.fs.sys / "class/net")
+        )
+        self._adopt(net, address, up=False)
+
+    def _probe(self, address: str) -> None:
+        """``drivers_probe``: bind the ``driver_override`` driver, else the kernel driver
+        matching the PCI id (here: the netdev driver the function had before)."""
+        device = self._device(address)
+        if (device / "driver").is_symlink():
+            return
+        override = _read(device / "driver_override")
+        driver = override if override not in (None, "", "(null)") else None
+        driver = driver or self._id_driver.get(address)
+        if driver is not None:
+            self._bind(driver, address)
+
+    def _vf_record(self, address: str) -> _Vf | None:
+        physfn = self._device(address) / "physfn"
+        if not physfn.exists():
+            return None
+        pf = PciAddress.parse(physfn.resolve().name)
+        for entry in physfn.resolve().glob("virtfn*"):
+            if entry.resolve().name == address:
+                return self._vfs[pf][int(entry.name[6:])]
+        return None
+
     def _appear(self, links: list[_Link]) -> None:
         with self._lock:
             for link in links:
@@ -365,10 +448,16 @@ class FakeNetlink:
     def set_vf_mac(self, pf: str, vf: int, mac: str) -> None:
         """Set the admin MAC: a multicast address is EINVAL, zero clears it."""
         with self._lock:
-            state, _, _ = self._vf_request(pf, vf, "mac")
+            state, rules, _ = self._vf_request(pf, vf, "mac")
             if int(mac[:2], 16) & 1:
                 raise self._vf_error(errno.EINVAL, pf, vf, "mac")
             state.mac, state.admin_mac = mac, mac != ZERO_MAC
+            if rules.admin_mac_to_netdev and state.admin_mac:
+                address = self.fs_vf(self._device(str(self._pf(pf, "set VF mac"))), vf).name
+                for link in self._links.values():
+                    if link.parent == address:
+                        link.mac = mac
+                        self._sync(link)
 
     def set_vf_vlan(self, pf: str, vf: int, vlan: int, qos: int, proto: VlanProto) -> None:
         """Set VLAN/QoS/protocol: vlan > 4095 or qos > 7 is EINVAL."""
@@ -792,6 +881,8 @@ class FakeNetlink:
             link.name = name
 
     def _destroy(self, link: _Link) -> None:
+        if link.parent is not None:
+            self._last_mac[link.parent] = link.mac
         if link.ns == self._home:
             self._leave_host(link)
         if link.stash is not None and link.stash.exists():

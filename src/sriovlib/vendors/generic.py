@@ -5,7 +5,7 @@ Every hook here is ``trylast``, so a vendor plugin's answer comes first.
 
 from __future__ import annotations
 
-from sriovlib.models import ZERO_MAC, PhysicalFunction, VfConfig, VfState, VirtualFunction
+from sriovlib.models import PhysicalFunction, VfConfig, VirtualFunction
 from sriovlib.plugins import (
     DeviceSpecs,
     DeviceType,
@@ -18,20 +18,6 @@ from sriovlib.plugins import (
     StepKind,
     VfLimit,
     hookimpl,
-)
-
-# Each VF-config field and the VfState field it restores from.
-_RESTORABLE = (
-    "mac",
-    "vlan",
-    "qos",
-    "vlan_proto",
-    "spoofchk",
-    "trust",
-    "link_state",
-    "min_tx_rate",
-    "max_tx_rate",
-    "query_rss",
 )
 
 
@@ -113,21 +99,3 @@ def sriovlib_health(pf: PhysicalFunction, vfs: list[VirtualFunction]) -> list[Is
             Issue(Severity.WARNING, f"VF {vf.index} ({vf.address}): {p}") for p in vf.problems
         )
     return issues
-
-
-@hookimpl(trylast=True)
-def sriovlib_release_config(original: VfState, applied: VfConfig) -> VfConfig:
-    restore = {
-        name: getattr(original, name)
-        for name in _RESTORABLE
-        if getattr(applied, name) is not None and getattr(original, name) is not None
-    }
-    if "qos" in restore or "vlan_proto" in restore:
-        restore["vlan"] = original.vlan
-    if restore.get("vlan") == 0:
-        restore.pop("vlan_proto", None)  # no protocol on an untagged VF
-        restore["qos"] = 0
-    if restore.get("mac") == ZERO_MAC:
-        # an all-zero admin MAC means "none set"; the Host clears it specially
-        restore.pop("mac")
-    return VfConfig(**restore)

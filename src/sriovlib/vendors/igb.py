@@ -8,9 +8,7 @@ its MAC itself.
 
 from __future__ import annotations
 
-import attrs
-
-from sriovlib.models import PciId, PhysicalFunction, VfConfig, VfState
+from sriovlib.models import PciId, PhysicalFunction, VfConfig, VfKnob
 from sriovlib.plugins import Issue, MacFixup, PfMatch, Severity, VfLimit, hookimpl
 from sriovlib.vendors import claim
 
@@ -62,12 +60,6 @@ def sriovlib_mac_fixup() -> MacFixup:
 
 
 @hookimpl
-def sriovlib_release_config(original: VfState, applied: VfConfig) -> VfConfig | None:
-    # Drop the knobs igb lacks, then let the generic answer restore the rest.
-    if applied.link_state is None and not applied.min_tx_rate:
-        return None
-    from sriovlib.vendors import generic
-
-    return generic.sriovlib_release_config(
-        original, attrs.evolve(applied, link_state=None, min_tx_rate=None)
-    )
+def sriovlib_release_knobs(changed: frozenset[VfKnob]) -> frozenset[VfKnob]:
+    # igb always reports link state "auto" and has neither knob: never write them back
+    return changed - {VfKnob.LINK_STATE, VfKnob.MIN_TX_RATE, VfKnob.QUERY_RSS}
