@@ -1,0 +1,91 @@
+"""Fixtures for the CNI tests: a fake node and a way to invoke the plugin in-process."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from sriovlib.cni.__main__ import run
+from sriovlib.cni.commands import Context
+from sriovlib.models import PciAddress
+from sriovlib.testing import FakeSysfs, add_nic_model
+from sriovlib.testing.builder import FakePf
+from sriovlib.testing.cni import FakeIp, FakeIpam, fake_context
+from sriovlib.testing.fakenetlink import FakeNetlink
+
+CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "sriov-cni-netconfs"
+
+
+@attrs.define
+class Node:
+    """A fake node: one mlx5 PF with 4 VFs (VF 3 on vfio-pci), fake IPAM, a pod."""
+
+    kernel: FakeNetlink
+    pf: FakePf
+    ctx: Context
+    ipam: FakeIpam
+    pod: str
+    tmp: Path
+    original: dict[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def ip(self) -> FakeIp:
+        ip = self.ctx.ip
+        assert isinstance(ip, FakeIp)
+        return ip
+
+    def vf(self, index: int) -> PciAddress:
+        return self.pf.vf_address(index)
+
+    def conf(self, index: int = 0, **fields: Any) -> dict[str, Any]:
+        conf: dict[str, Any] = {
+            "cniVersion": "1.0.0",
+            "name": "sriov-net",
+            "type": "sriov",
+            "deviceID": str(self.vf(index)),
+            "ipam": {"type": "host-local", "subnet": "10.56.217.0/24"},
+        }
+        conf.update(fields)
+        return {k: v for k, v in conf.items() if v is not None}
+
+    def env(self, command: str = "ADD", **overrides: str | None) -> dict[str, str]:
+        env = {
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": "c1",
+            "CNI_NETNS": self.pod,
+            "CNI_IFNAME": "net1",
+            "CNI_PATH": "/opt/cni/bin",
+        }
+        for key, value in overrides.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        return env
+
+    def invoke(
+        self, command: str, conf: Mapping[str, Any] | bytes, **env: str | None
+    ) -> tuple[int, Any]:
+        data = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
+        status, out = run(self.env(command, **env), lambda: data, self.ctx)
+        return status, (json.loads(out) if out else None)
+
+    def state(self, index: int) -> Any:
+        return self.kernel.vf_state(self.pf.address, index)
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Node:
+    fs = FakeSysfs(tmp_path / "root")
+    (pf,) = add_nic_model(fs, "mlx5", bus=3, num_vfs=4, ports=1, vfio_vfs=(3,))
+    kernel = FakeNetlink(fs)
+    ipam = FakeIpam()
+    ctx = fake_context(kernel, tmp_path / "state", ipam=ipam, lock_timeout=0.3)
+    pod = kernel.add_netns("pod1")
+    original = {name: kernel.link(name) for name in kernel.link_names()}
+    return Node(kernel, pf, ctx, ipam, pod, tmp_path, original)

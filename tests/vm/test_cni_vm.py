@@ -1,0 +1,236 @@
+"""The CNI plugin on real igb VFs (QEMU's 82576 in the VM), driven by the real cnitool.
+
+ADD puts a real VF into a pod namespace with a VLAN (through the PF), an address and a
+route from the real host-local; DEL restores it, compared attribute by attribute with
+what ``ip -j -d link`` showed before ADD — the VF netdev on the host and the VF's entry
+in the PF's VF list. Also: the pod namespace deleted before DEL (the kernel hands the
+VF back under another name).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sriovlib.testing.cni import ToolUnavailable, cni_plugins_dir, cnitool_path
+from sriovlib.testing.vm import SriovVM
+
+pytestmark = [pytest.mark.vm, pytest.mark.client]
+
+WORK = "/tmp/cni-vm"
+#: VF netdev attributes that must come back exactly (``ip -j -d link show``).
+LINK_KEYS = (
+    "ifname",
+    "ifindex",
+    "address",
+    "mtu",
+    "flags",
+    "altnames",
+    "txqlen",
+    "link_type",
+    "parentdev",
+    "promiscuity",
+)
+#: Per-VF fields of the PF's VF list that are settings, not counters.
+VF_KEYS = ("vf", "address", "vlan_list", "spoofchk", "trust", "link_state", "rate", "query_rss_en")
+
+
+@pytest.fixture(scope="session")
+def vm_cni_tools() -> tuple[Path, Path]:
+    """cnitool and host-local, made before the VM boots so the guest sees them."""
+    try:
+        return cnitool_path(), cni_plugins_dir()
+    except ToolUnavailable as e:
+        pytest.skip(f"cnitool or the CNI plugins are unavailable: {e}")
+
+
+class Guest:
+    """cnitool and inspection commands in the guest."""
+
+    def __init__(self, vm: SriovVM, tool: Path, plugins: Path) -> None:
+        self.vm = vm
+        self.tool = tool
+        self.pf = vm.pf_netdevs[0]
+        sriov = Path(vm.python_executable).parent / "sriov"
+        setup = self.sh(
+            f"rm -rf {WORK} && mkdir -p {WORK}/bin {WORK}/net.d && "
+            f"test -x {shlex.quote(str(tool))} && test -x {plugins}/host-local && "
+            f"test -x {shlex.quote(str(sriov))} && "
+            f"ln -s {shlex.quote(str(sriov))} {WORK}/bin/sriov && "
+            f"ln -s {plugins}/host-local {WORK}/bin/host-local",
+            check=False,
+        )
+        if setup["rc"] != 0:
+            pytest.skip(f"the guest cannot see cnitool, host-local or sriov: {setup['err']}")
+
+    def sh(self, cmd: str, *, check: bool = True) -> dict[str, Any]:
+        done = self.vm.run(cmd, timeout=120)
+        out = {"rc": done.returncode, "out": done.stdout, "err": done.stderr}
+        if check and done.returncode != 0:
+            raise AssertionError(f"{cmd!r} failed: {done.stderr}")
+        return out
+
+    def ipj(self, *args: str) -> Any:
+        return json.loads(self.sh("ip -j " + " ".join(map(shlex.quote, args)))["out"])
+
+    def enable_vfs(self, count: int) -> list[str]:
+        self.sh(
+            f"echo {count} > /sys/class/net/{self.pf}/device/sriov_numvfs && "
+            f"for i in $(seq 200); do [ $(ls -d /sys/class/net/{self.pf}/device/virtfn*/net/* "
+            f"2>/dev/null | wc -l) -ge {count} ] && break; sleep 0.05; done"
+        )
+        out = self.sh(
+            f"for l in /sys/class/net/{self.pf}/device/virtfn*; do basename $(readlink $l); done"
+        )["out"]
+        return sorted(out.split())
+
+    def netdev(self, vf: str) -> str | None:
+        names = self.sh(f"ls /sys/bus/pci/devices/{vf}/net 2>/dev/null", check=False)["out"]
+        return names.split()[0] if names.split() else None
+
+    def vf_index(self, vf: str) -> int:
+        out = self.sh(
+            f"for l in /sys/class/net/{self.pf}/device/virtfn*; do "
+            f"[ $(basename $(readlink $l)) = {vf} ] && echo ${{l##*virtfn}}; done; true"
+        )
+        return int(out["out"].strip())
+
+    def view(self, vf: str) -> dict[str, Any]:
+        """The VF as the kernel shows it: its host netdev and its PF-side settings."""
+        name = self.netdev(vf)
+        link = None
+        if name is not None:
+            shown = self.ipj("-d", "link", "show", "dev", name)[0]
+            link = {key: shown.get(key) for key in LINK_KEYS}
+        index = self.vf_index(vf)
+        entry = self.ipj("link", "show", "dev", self.pf)[0]["vfinfo_list"][index]
+        return {"link": link, "vf": {key: entry.get(key) for key in VF_KEYS}}
+
+    def configure(self, **plugin: Any) -> None:
+        conf = {
+            "cniVersion": "1.0.0",
+            "name": "igbnet",
+            "plugins": [
+                {
+                    "type": "sriov",
+                    "logLevel": "debug",
+                    "logFile": f"{WORK}/sriov.log",
+                    "ipam": {
+                        "type": "host-local",
+                        "subnet": "10.88.0.0/24",
+                        "dataDir": f"{WORK}/ipam",
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                    },
+                    **plugin,
+                }
+            ],
+        }
+        text = shlex.quote(json.dumps(conf))
+        self.sh(f"echo {text} > {WORK}/net.d/10-igb.conflist")
+
+    def cnitool(self, verb: str, pod: str, ifname: str = "net1") -> dict[str, Any]:
+        env = (
+            f"NETCONFPATH={WORK}/net.d CNI_PATH={WORK}/bin CNI_IFNAME={ifname} "
+            f"SRIOVLIB_STATE_DIR={WORK}/state"
+        )
+        return self.sh(
+            f"{env} {shlex.quote(str(self.tool))} {verb} igbnet /run/netns/{pod}", check=False
+        )
+
+    def records(self) -> list[str]:
+        return self.sh(f"ls {WORK}/state/allocations 2>/dev/null | grep -v '^\\.' || true")[
+            "out"
+        ].split()
+
+    def reservations(self) -> list[str]:
+        out = self.sh(f"ls {WORK}/ipam/igbnet 2>/dev/null || true")["out"].split()
+        return [name for name in out if name[0].isdigit()]
+
+
+def assert_same(before: dict[str, Any], after: dict[str, Any]) -> None:
+    """Every attribute of the VF netdev and of the VF's entry in the PF's list is as
+    before, one by one. One reading of the PF list's MAC is the same thing: a MAC never
+    set through the PF shows as 00:00:00:00:00:00 until the VF first resets, and as the
+    VF netdev's own MAC after that (igb records what the VF registers); the netdev's MAC
+    itself is compared exactly above it."""
+    for key in LINK_KEYS:
+        assert (key, before["link"][key]) == (key, after["link"][key])
+    for key in VF_KEYS:
+        if key == "address" and before["vf"][key] == "00:00:00:00:00:00":
+            assert after["vf"][key] in ("00:00:00:00:00:00", before["link"]["address"])
+            continue
+        assert (key, before["vf"][key]) == (key, after["vf"][key])
+
+
+@pytest.fixture
+def guest(vm_cni_tools: tuple[Path, Path], sriov_vm_clean: SriovVM) -> Guest:
+    tool, plugins = vm_cni_tools
+    return Guest(sriov_vm_clean, tool, plugins)
+
+
+class TestIgbRoundTrip:
+    def test_add_check_del_restores_exactly(self, guest: Guest) -> None:
+        """A real igb VF: ADD with VLAN, QoS, spoofchk, trust and an address; CHECK; DEL
+        puts every attribute of the VF netdev and the VF entry back."""
+        vfs = guest.enable_vfs(2)
+        vf = vfs[1]
+        before = guest.view(vf)
+        host_name = before["link"]["ifname"]
+        guest.configure(deviceID=vf, vlan=100, vlanQoS=2, spoofchk="off", trust="on")
+        guest.sh("ip netns add pod1")
+
+        added = guest.cnitool("add", "pod1")
+        assert 0 == added["rc"], added["err"] + guest.sh(f"cat {WORK}/sriov.log")["out"]
+        result = json.loads(added["out"])
+        address = result["ips"][0]["address"]
+        inside = guest.ipj("-d", "-n", "pod1", "addr", "show", "dev", "net1")[0]
+        assert vf == inside.get("parentdev")
+        assert "UP" in inside["flags"]
+        assert address in {f"{a['local']}/{a['prefixlen']}" for a in inside["addr_info"]}
+        assert "default via 10.88.0.1 dev net1" in guest.sh("ip -n pod1 route")["out"]
+        during = guest.view(vf)
+        assert during["link"] is None  # gone from the host namespace
+        assert [{"vlan": 100, "qos": 2}] == during["vf"]["vlan_list"]
+        assert (False, True) == (during["vf"]["spoofchk"], during["vf"]["trust"])
+        assert result["interfaces"][0]["mac"] == inside["address"]
+
+        checked = guest.cnitool("check", "pod1")
+        assert 0 == checked["rc"], checked["err"]
+
+        deleted = guest.cnitool("del", "pod1")
+        assert 0 == deleted["rc"], deleted["err"]
+        after = guest.view(vf)
+        assert_same(before, after)
+        assert host_name == after["link"]["ifname"]
+        assert ["lo"] == [link["ifname"] for link in guest.ipj("-n", "pod1", "link", "show")]
+        assert [] == guest.records()
+        assert [] == guest.reservations()
+        assert 0 == guest.cnitool("del", "pod1")["rc"]
+
+    def test_namespace_deleted_before_del(self, guest: Guest) -> None:
+        """The pod namespace goes first (the kernel returns the VF under another name):
+        DEL still restores the VF's name, MAC and settings."""
+        vfs = guest.enable_vfs(2)
+        vf = vfs[0]
+        before = guest.view(vf)
+        guest.configure(deviceID=vf, vlan=7, trust="on")
+        guest.sh("ip netns add pod2")
+        added = guest.cnitool("add", "pod2", ifname="eth0")
+        assert 0 == added["rc"], added["err"]
+        guest.sh("ip netns del pod2")
+        guest.sh(
+            f"for i in $(seq 100); do ls /sys/bus/pci/devices/{vf}/net/* >/dev/null 2>&1 "
+            "&& break; sleep 0.05; done"
+        )
+        returned = guest.netdev(vf)
+        deleted = guest.cnitool("del", "pod2", ifname="eth0")
+        assert 0 == deleted["rc"], deleted["err"]
+        after = guest.view(vf)
+        print(f"the kernel returned the VF as {returned}; DEL renamed it back")
+        assert_same(before, after)
+        assert [] == guest.records()
+        assert [] == guest.reservations()
