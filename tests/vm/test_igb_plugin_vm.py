@@ -88,8 +88,11 @@ class TestIgbPlugin:
     def test_admin_mac_reaches_the_bound_netdev(self, observed: dict[str, Any]) -> None:
         """After configure_vf(mac=...) the igbvf netdev carries it, under its old name."""
         assert observed["before"]["mac"] != "02:00:00:00:cc:01"
-        assert {"name": observed["before"]["name"], "mac": "02:00:00:00:cc:01",
-                "admin": "02:00:00:00:cc:01"} == observed["after"]
+        assert {
+            "name": observed["before"]["name"],
+            "mac": "02:00:00:00:cc:01",
+            "admin": "02:00:00:00:cc:01",
+        } == observed["after"]
         assert ["unbind", "bind"] == [w[0].rsplit("/", 1)[1] for w in observed["rebind_writes"]]
 
     def test_link_state_refused_without_a_kernel_request(self, observed: dict[str, Any]) -> None:
