@@ -369,3 +369,16 @@ class TestRealNode:
         assert "No network PCI function has SR-IOV" in verdict["detail"] or (
             "No network PCI function was found at all." == verdict["detail"]
         )
+
+
+class TestVendorPluginFindings:
+    def test_mlx5_vf_on_vfio_is_reported_with_a_command(self, fake_sysfs: FakeSysfs) -> None:
+        """doctor shows the mlx5 plugin's health finding and its fix command."""
+        from sriovlib.doctor import diagnose
+
+        add_nic_model(fake_sysfs, "mlx5", bus=0x3B, ports=1, num_vfs=2, vfio_vfs=[1])
+        findings = [f for f in diagnose(Host(fake_sysfs.root)) if f.check == "plugin:mlx5"]
+        assert 1 == len(findings)
+        assert "is on vfio-pci" in findings[0].title
+        assert findings[0].command is not None
+        assert "drivers/mlx5_core/bind" in findings[0].command

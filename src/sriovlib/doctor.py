@@ -101,7 +101,9 @@ def diagnose(host: Host, names: PciIds | None = None) -> list[Finding]:
     for nic in sorted(nics, key=lambda n: n.address):
         netdevs = tuple(nic.netdevs) or tuple(netdevs_of.get(nic.address, ()))
         if isinstance(nic, PhysicalFunction):
-            findings += _pf_findings(nic, netdevs, vfs_of.get(nic.address, []), names)
+            vfs = vfs_of.get(nic.address, [])
+            findings += _pf_findings(nic, netdevs, vfs, names)
+            findings += _plugin_findings(host, nic, netdevs, vfs)
         else:
             findings.append(_nic_finding(nic, netdevs, names))
     known = {pf.address for pf in inventory.pfs}
@@ -235,6 +237,26 @@ def _pf_findings(
         for p in vf.problems
     ]
     return out
+
+
+def _plugin_findings(
+    host: Host, pf: PhysicalFunction, netdevs: Sequence[str], vfs: Sequence[VirtualFunction]
+) -> list[Finding]:
+    """What the PF's vendor plugin finds (``sriovlib_health``) beyond the checks here."""
+    hooks = host.hooks(pf)
+    label = _label(pf.address, netdevs)
+    return [
+        Finding(
+            check=f"plugin:{hooks.vendor}",
+            # only the node verdict is an error in doctor; a device's trouble is a warning
+            severity=Severity.INFO if issue.severity.value == "info" else Severity.WARNING,
+            subject=str(pf.address),
+            title=f"{label}: {issue.message}",
+            detail=f"Reported by the {hooks.vendor} plugin. {issue.hint}".strip(),
+            command=issue.command,
+        )
+        for issue in hooks.health(list(vfs))
+    ]
 
 
 def _numvfs(

@@ -216,9 +216,11 @@ def sriovlib_health(  # type: ignore[empty-body]
 ) -> list[Issue]:
     """Check a PF and its VFs for trouble. *Collecting.*
 
-    Shown by ``sriovlib doctor`` and the device plugin's health reports. The generic
-    checks cover what every driver shares (VFs missing after enabling, unbound PF);
-    add what your hardware can get wrong (e.g. an InfiniBand VF with an all-zero GUID).
+    ``sriovlib doctor`` shows the answers next to its own checks, which already cover
+    what every driver shares (SR-IOV disabled, VFs missing after enabling, an unbound
+    PF, unreadable attributes). Report what your hardware can get wrong beyond that
+    (e.g. an InfiniBand VF with an all-zero GUID, a VF on a driver it does not need),
+    with a ``command`` that fixes it where there is one.
 
     Args:
         pf: The PF.

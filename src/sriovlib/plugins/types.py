@@ -77,11 +77,20 @@ class Severity(enum.StrEnum):
 
 @attrs.frozen
 class Issue:
-    """One finding of a check or health hook."""
+    """One finding of a check or health hook.
+
+    Attributes:
+        severity: How bad it is.
+        message: What is wrong, in one sentence.
+        hint: What to do about it, in words.
+        command: A shell command that fixes or investigates it, if there is one
+            (``sriovlib doctor`` prints it to copy).
+    """
 
     severity: Severity
     message: str
     hint: str = ""
+    command: str | None = None
 
 
 class EswitchMode(enum.StrEnum):

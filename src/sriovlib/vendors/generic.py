@@ -74,28 +74,3 @@ def sriovlib_device_specs(vf: VirtualFunction, device_type: DeviceType) -> Devic
     if device_type is DeviceType.VFIO and vf.iommu_group is not None:
         return DeviceSpecs(devices=("/dev/vfio/vfio", f"/dev/vfio/{vf.iommu_group}"))
     return None
-
-
-@hookimpl(trylast=True)
-def sriovlib_health(pf: PhysicalFunction, vfs: list[VirtualFunction]) -> list[Issue]:
-    issues = []
-    if pf.driver is None:
-        issues.append(
-            Issue(
-                Severity.ERROR, f"{pf.address} has no driver bound", "load the NIC's driver module"
-            )
-        )
-    if len(vfs) != pf.num_vfs:
-        issues.append(
-            Issue(
-                Severity.WARNING,
-                f"sriov_numvfs is {pf.num_vfs} but {len(vfs)} VFs exist",
-                "VFs may still be appearing, or the driver created "
-                "fewer; set sriov_numvfs to 0 and back",
-            )
-        )
-    for vf in vfs:
-        issues.extend(
-            Issue(Severity.WARNING, f"VF {vf.index} ({vf.address}): {p}") for p in vf.problems
-        )
-    return issues

@@ -107,9 +107,11 @@ def sriovlib_health(vfs: list[VirtualFunction]) -> list[Issue]:
             issues.append(
                 Issue(
                     Severity.WARNING,
-                    f"VF {vf.index} ({vf.address}) is on "
-                    "vfio-pci; mlx5 runs DPDK on mlx5_core (bifurcated)",
-                    f"driverctl set-override {vf.address} mlx5_core",
+                    f"VF {vf.index} ({vf.address}) is on vfio-pci; mlx5 runs DPDK on "
+                    "mlx5_core (bifurcated driver), so vfio-pci is not needed",
+                    "bind the VF back to mlx5_core",
+                    f"echo {vf.address} > /sys/bus/pci/drivers/vfio-pci/unbind && "
+                    f"echo {vf.address} > /sys/bus/pci/drivers/mlx5_core/bind",
                 )
             )
     return issues
