@@ -6,6 +6,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 from pathlib import Path
 
 import attrs
@@ -66,6 +67,14 @@ def host(kernel: FakeNetlink) -> Host:
 
 def _vf(host: Host, index: int) -> VirtualFunction:
     return host.vfs("pf0")[index]
+
+
+def _vfio_node(tmp_path: Path) -> tuple[FakeNetlink, Host]:
+    """A fake igb port ``pf0`` with 2 VFs, VF 1 bound to vfio-pci (no netdev)."""
+    fs = FakeSysfs(tmp_path / "root")
+    add_nic_model(fs, "igb", bus=0x01, ports=1, num_vfs=2, vfio_vfs=[1], netdev_prefix="pf")
+    kernel = FakeNetlink(fs)
+    return kernel, kernel.host(poll_interval=0.001, verify_timeout=0.01)
 
 
 class TestSetNumVfs:
@@ -498,10 +507,7 @@ class TestAttachRelease:
 
     def test_vfio_vf_gets_settings_only(self, tmp_path: Path) -> None:
         """A VF bound to vfio-pci has no netdev: only its settings are snapshot/restored."""
-        fs = FakeSysfs(tmp_path / "root")
-        add_nic_model(fs, "igb", bus=0x01, ports=1, num_vfs=2, vfio_vfs=[1], netdev_prefix="pf")
-        kernel = FakeNetlink(fs)
-        host = kernel.host(poll_interval=0.001, verify_timeout=0.01)
+        kernel, host = _vfio_node(tmp_path)
         pod = kernel.add_netns("pod")
         vf = _vf(host, 1)
         with pytest.raises(InvalidVfConfig, match="no netdev"):
@@ -575,6 +581,115 @@ class TestAttachRelease:
         assert kernel.requests["vf_list"] == 1
         # igb recorded the pod MAC as the VF's MAC: one set_vf clears it (as on igb)
         assert sum(kernel.requests.values()) == 7
+
+
+class TestSnapshotFirst:
+    """snapshot() then attach(snapshot=...): the record can be made before any change."""
+
+    def test_snapshot_reads_and_changes_nothing(self, host: Host, kernel: FakeNetlink) -> None:
+        """One VF-list read and one lookup; the same snapshot attach would take."""
+        pod = kernel.add_netns("pod")
+        before = kernel.link("pf0v1")
+        snapshot = host.snapshot(_vf(host, 1), pod, "net1", mac="02:AA:00:00:00:01 ")
+        assert dict(kernel.requests) == {"vf_list": 1, "get_link": 1}
+        assert kernel.link("pf0v1") == before
+        assert kernel.link_names(pod) == ()
+        assert (snapshot.mac, snapshot.host_index, snapshot.netns) == (
+            "02:aa:00:00:00:01",
+            before.index,
+            pod,
+        )
+        attached = host.attach(_vf(host, 1), pod, "net1", mac="02:aa:00:00:00:01")
+        assert attached == snapshot
+
+    def test_attach_with_the_snapshot_reads_nothing_again(
+        self, host: Host, kernel: FakeNetlink
+    ) -> None:
+        """attach(snapshot=...) returns that very snapshot, two requests cheaper."""
+        pod = kernel.add_netns("pod")
+        vf = _vf(host, 0)
+        snapshot = host.snapshot(vf, pod, "net1", mac="02:aa:00:00:00:01")
+        kernel.requests.clear()
+        attached = host.attach(vf, pod, "net1", mac="02:aa:00:00:00:01", snapshot=snapshot)
+        assert attached is snapshot
+        assert kernel.requests["vf_list"] == 0
+        # the move, the lookup inside, the MAC, up: no VF-list read, no host lookup
+        assert dict(kernel.requests) == {"move_link": 1, "get_link": 1, "set_link": 2}
+        assert kernel.link("net1", pod).mac == "02:aa:00:00:00:01"
+        host.release(snapshot)
+        assert "pf0v0" in kernel.link_names()
+
+    def test_failure_restores_the_given_snapshot(self, host: Host, kernel: FakeNetlink) -> None:
+        """All or nothing with a snapshot too: a refused move leaves the VF as it was."""
+        pod = kernel.add_netns("pod")
+        vf = _vf(host, 0)
+        before_link, before_vf = kernel.link("pf0v0"), kernel.vf_state(PF, 0)
+        snapshot = host.snapshot(vf, pod, "net1")
+        stored = AttachSnapshot.from_dict(json.loads(json.dumps(snapshot.to_dict())))
+        kernel.fail("move_link", errno.EINVAL)
+        with pytest.raises(InvalidValue) as caught:
+            host.attach(vf, pod, "net1", config=VfConfig(vlan=7, trust=True), snapshot=stored)
+        assert any("the VF was restored" in note for note in caught.value.__notes__)
+        assert (kernel.link("pf0v0"), kernel.vf_state(PF, 0)) == (before_link, before_vf)
+
+    @pytest.mark.parametrize(
+        ("change", "arguments"),
+        [
+            ("ifname", {"ifname": "net2"}),
+            ("mac", {"mac": "02:aa:00:00:00:09"}),
+            ("vf", {"index": 1}),
+            ("namespace", {"pod": "other"}),
+        ],
+    )
+    def test_a_snapshot_for_another_attach_is_refused(
+        self, host: Host, kernel: FakeNetlink, change: str, arguments: dict[str, object]
+    ) -> None:
+        """Before any change, with the difference named."""
+        pod = kernel.add_netns("pod")
+        other = kernel.add_netns("other")
+        snapshot = host.snapshot(_vf(host, 0), pod, "net1")
+        vf = _vf(host, int(arguments.get("index", 0)))  # type: ignore[call-overload]
+        target = other if arguments.get("pod") else pod
+        kernel.requests.clear()
+        with pytest.raises(ValueError, match="does not fit this attach"):
+            host.attach(
+                vf,
+                target,
+                str(arguments.get("ifname", "net1")),
+                mac=arguments.get("mac"),  # type: ignore[arg-type]
+                snapshot=snapshot,
+            )
+        assert kernel.requests["move_link"] == kernel.requests["set_vf"] == 0
+        assert "pf0v0" in kernel.link_names()
+
+    def test_a_stale_snapshot_is_refused(self, host: Host, kernel: FakeNetlink) -> None:
+        """The netdev was renamed since the snapshot: refused, nothing moved."""
+        pod = kernel.add_netns("pod")
+        snapshot = host.snapshot(_vf(host, 0), pod, "net1")
+        kernel.rename_link(kernel.link("pf0v0").index, "renamed")
+        with pytest.raises(ValueError, match="host netdev 'pf0v0', now 'renamed'"):
+            host.attach(_vf(host, 0), pod, "net1", snapshot=snapshot)
+        assert "renamed" in kernel.link_names()
+
+    def test_vf_without_netdev(self, tmp_path: Path) -> None:
+        """A vfio-pci VF: settings only, no MAC recorded."""
+        kernel, host = _vfio_node(tmp_path)
+        pod = kernel.add_netns("pod")
+        snapshot = host.snapshot(_vf(host, 1), pod, "net1", mac="02:00:00:00:00:01")
+        assert (snapshot.host_name, snapshot.mac, snapshot.driver) == (None, None, "vfio-pci")
+        assert dict(kernel.requests) == {"vf_list": 1}
+        config = VfConfig(mac="02:00:00:00:00:01")
+        assert host.attach(_vf(host, 1), pod, "net1", config=config, snapshot=snapshot) is snapshot
+        assert kernel.vf_state(PF, 1).mac == "02:00:00:00:00:01"
+
+    def test_pf_without_netdev(self, host: Host, kernel: FakeNetlink) -> None:
+        """VF settings go through the PF's netdev: without one there is no snapshot."""
+        pod = kernel.add_netns("pod")
+        vf = _vf(host, 0)
+        shutil.rmtree(kernel.fs.sys / "bus/pci/devices" / str(PF) / "net")
+        with pytest.raises(LookupError, match="is its driver bound"):
+            host.snapshot(vf, pod, "net1")
+        assert sum(kernel.requests.values()) == 0
 
 
 def _fields(config: VfConfig) -> dict[str, object]:

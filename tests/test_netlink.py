@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 import pickle
 import socket
 import struct
@@ -17,10 +18,17 @@ from sriovlib.netlink import (
     InvalidValue,
     KernelError,
     KernelNotFound,
+    Route,
     Unsupported,
+    _address_request,
+    _attributes,
     _Channel,
     _codec,
+    _decode_address,
+    _decode_routes,
     _link_info,
+    _nla,
+    _route_request,
     _vf_state,
     _vfinfo_chunks,
     _vlan_list_request,
@@ -249,6 +257,85 @@ class TestLargeReplies:
             channel = _Channel(ours, timeout=5)
             message_class = _codec()
             assert channel.request(message_class(), 19, "set link", "eth0") == []
+
+
+class TestAddressesAndRoutes:
+    """Address and route messages, encoded and decoded by hand (no pyroute2)."""
+
+    def test_route_values(self) -> None:
+        """Strings are parsed, host bits dropped; a gateway of the other family is refused."""
+        route = Route("10.1.2.3/16", "10.1.0.1")
+        assert (route.dst, route.gateway) == (
+            ipaddress.ip_network("10.1.0.0/16"),
+            ipaddress.ip_address("10.1.0.1"),
+        )
+        assert (route.effective_scope, Route("10.0.0.0/8").effective_scope) == (0, 253)
+        assert str(Route("::/0", "fe80::1", table=7)) == "::/0 via fe80::1 table 7"
+        with pytest.raises(ValueError, match="not an IPv4 address"):
+            Route("10.0.0.0/8", "fd00::1")
+        with pytest.raises(ValueError, match="32-bit"):
+            Route("10.0.0.0/8", table=-1)
+        with pytest.raises(ValueError, match="does not appear to be"):
+            Route("not a network")
+
+    def test_address_request(self) -> None:
+        """ifaddrmsg, IFA_LOCAL and IFA_ADDRESS; the broadcast of an IPv4 subnet."""
+        body = _address_request(5, ipaddress.ip_interface("10.1.0.2/24")).body
+        assert body[:8] == struct.pack("=BBBBI", socket.AF_INET, 24, 0, 0, 5)
+        found = _attributes(body, 8)
+        assert (found[2], found[1], found[4]) == (
+            bytes([10, 1, 0, 2]),
+            bytes([10, 1, 0, 2]),
+            bytes([10, 1, 0, 255]),
+        )
+        v6 = _attributes(_address_request(5, ipaddress.ip_interface("fd00::2/64")).body, 8)
+        assert 4 not in v6
+
+    def test_route_request(self) -> None:
+        """A table above 255 goes in RTA_TABLE; priority and metrics are attributes."""
+        route = Route("10.1.2.0/24", "10.0.0.1", table=1000, priority=7, mtu=1400, advmss=1360)
+        body = _route_request(3, route).body
+        family, dst_len, _, _, table, protocol, scope, kind, _ = struct.unpack_from("=8BI", body)
+        assert (family, dst_len, table, protocol, scope, kind) == (2, 24, 0, 3, 0, 1)
+        found = _attributes(body, 12)
+        assert found[1] == bytes([10, 1, 2, 0])
+        assert struct.unpack("=I", found[4]) == (3,)
+        assert found[5] == bytes([10, 0, 0, 1])
+        assert struct.unpack("=I", found[6]) == (7,)
+        assert struct.unpack("=I", found[15]) == (1000,)
+        metrics = _attributes(found[8])
+        assert (struct.unpack("=I", metrics[2]), struct.unpack("=I", metrics[8])) == (
+            (1400,),
+            (1360,),
+        )
+        link = _route_request(3, Route("fd00::/64")).body
+        assert struct.unpack_from("=8BI", link)[6] == 253  # no gateway: link scope
+        assert 5 not in _attributes(link, 12)
+
+    def test_decoding_a_dump(self) -> None:
+        """Entries of other interfaces and tables are skipped; a multipath route gives
+        one route per next hop through the interface."""
+        header = struct.pack("=IHHII", 0, 24, 2, 1, 0)
+        address = struct.pack("=BBBBI", socket.AF_INET6, 64, 0, 0, 4) + _nla(
+            2, ipaddress.ip_address("fd00::2").packed
+        )
+        assert _decode_address(header + address, 4) == ipaddress.ip_interface("fd00::2/64")
+        assert _decode_address(header + address, 5) is None
+        hops = b"".join(
+            struct.pack("=HBBi", 8 + 20, 0, 0, oif) + _nla(5, ipaddress.ip_address(gw).packed)
+            for oif, gw in ((4, "fd00::1"), (9, "fd00::8"), (4, "fd00::7"))
+        )
+        multipath = struct.pack("=8BI", socket.AF_INET6, 0, 0, 0, 254, 3, 0, 1, 0) + _nla(9, hops)
+        assert _decode_routes(header + multipath, 4, 254) == [
+            Route("::/0", "fd00::1"),
+            Route("::/0", "fd00::7"),
+        ]
+        assert _decode_routes(header + multipath, 4, 100) == []
+        other_table = struct.pack("=8BI", socket.AF_INET, 8, 0, 0, 0, 3, 0, 1, 0)
+        other_table += _nla(1, bytes([10, 0, 0, 0])) + _nla(4, struct.pack("=I", 4))
+        other_table += _nla(15, struct.pack("=I", 1000))
+        assert _decode_routes(header + other_table, 4, 1000) == [Route("10.0.0.0/8", table=1000)]
+        assert _decode_routes(header + other_table, 4, 254) == []
 
 
 class TestLazyImport:

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 from pathlib import Path
 
 import pytest
 
 from sriovlib.models import PciAddress, VfLinkState, VlanProto
-from sriovlib.netlink import Busy, InvalidValue, KernelError, KernelNotFound, Unsupported
+from sriovlib.netlink import (
+    Busy,
+    InvalidValue,
+    KernelError,
+    KernelNotFound,
+    Route,
+    Unsupported,
+)
 from sriovlib.sysfs import Sysfs
 from sriovlib.testing import FakeSysfs, add_nic_model
 from sriovlib.testing.fakenetlink import PERMISSIVE, DriverRules, FakeNetlink
@@ -321,6 +329,79 @@ class TestLinks:
         kernel = FakeNetlink(fs)
         assert kernel.eswitch_mode("0000:3b:00.0") == "switchdev"
         assert kernel.eswitch_mode("0000:5e:00.0") == "legacy"
+
+
+class TestAddressesAndRoutes:
+    """Addresses, routes and sysctls belong to a link in its namespace (the kernel tier's
+    ``tests/kernel/test_addresses.py`` holds these rules against the real kernel)."""
+
+    def _pod_link(self, igb: FakeNetlink) -> tuple[str, int]:
+        pod = igb.add_netns("pod")
+        igb.move_link(igb.link("pf0v0").index, "net1", target=pod)
+        index = igb.link("net1", pod).index
+        igb.set_link(index, pod, up=True)
+        return pod, index
+
+    def test_address_rules(self, igb: FakeNetlink) -> None:
+        """EEXIST for the same address unless replaced; ENODEV without the link."""
+        pod, index = self._pod_link(igb)
+        igb.add_address(index, ipaddress.ip_interface("10.0.0.2/24"), pod)
+        with pytest.raises(KernelError) as caught:
+            igb.add_address(index, ipaddress.ip_interface("10.0.0.2/24"), pod)
+        assert caught.value.errno == errno.EEXIST
+        igb.add_address(index, ipaddress.ip_interface("10.0.0.2/24"), pod, replace=True)
+        igb.add_address(index, ipaddress.ip_interface("fd00::2/64"), pod)
+        with pytest.raises(KernelError, match="EEXIST"):
+            igb.add_address(index, ipaddress.ip_interface("fd00::2/48"), pod)
+        with pytest.raises(KernelNotFound):
+            igb.add_address(index + 100, ipaddress.ip_interface("10.0.0.3/24"), pod)
+        assert ("10.0.0.2/24", "fd00::2/64") == tuple(map(str, igb.addresses(index, pod)))
+        assert () == igb.addresses(index, None)  # not in the host namespace
+
+    def test_route_rules(self, igb: FakeNetlink) -> None:
+        """On-link gateways only; the same route twice is EEXIST; the link must be up."""
+        pod, index = self._pod_link(igb)
+        igb.add_address(index, ipaddress.ip_interface("10.0.0.2/24"), pod)
+        for route, code in (
+            (Route("0.0.0.0/0", "10.9.0.1"), errno.ENETUNREACH),
+            (Route("::/0", "fd00::1"), errno.EHOSTUNREACH),
+        ):
+            with pytest.raises(KernelError) as caught:
+                igb.add_route(index, route, pod)
+            assert caught.value.errno == code
+        igb.add_route(index, Route("0.0.0.0/0", "10.0.0.1"), pod)
+        with pytest.raises(KernelError, match="EEXIST"):
+            igb.add_route(index, Route("0.0.0.0/0", "10.0.0.1"), pod)
+        assert (Route("10.0.0.0/24"), Route("0.0.0.0/0", "10.0.0.1")) == igb.routes(index, pod)
+        igb.set_link(index, pod, up=False)
+        assert () == igb.routes(index, pod)
+        with pytest.raises(KernelError, match="ENETDOWN"):
+            igb.add_route(index, Route("10.1.0.0/16"), pod)
+
+    def test_a_move_drops_addresses_routes_and_sysctls(self, igb: FakeNetlink) -> None:
+        """Back on the host, the VF netdev has none of what the pod gave it."""
+        pod, index = self._pod_link(igb)
+        igb.add_address(index, ipaddress.ip_interface("10.0.0.2/24"), pod)
+        igb.set_link_sysctl("net1", "ipv4.arp_notify", 1, pod)
+        assert {"ipv4.arp_notify": 1} == igb.sysctls("net1", pod)
+        with pytest.raises(KernelNotFound, match="ENOENT"):
+            igb.set_link_sysctl("net2", "ipv4.arp_notify", 1, pod)
+        igb.move_link(index, "pf0v0", netns=pod)
+        home = igb.link("pf0v0").index
+        assert ((), (), {}) == (igb.addresses(home), igb.routes(home), igb.sysctls("pf0v0"))
+
+    def test_counted_and_injectable(self, igb: FakeNetlink) -> None:
+        """Each call is a request of its kind (sysctls are files: not counted, but a
+        failure can still be injected)."""
+        pod, index = self._pod_link(igb)
+        igb.requests.clear()
+        igb.addresses(index, pod)
+        igb.routes(index, pod)
+        igb.set_link_sysctl("net1", "ipv6.ndisc_notify", 1, pod)
+        assert {"dump_addr": 1, "dump_route": 1} == dict(igb.requests)
+        igb.fail("sysctl", errno.EACCES)
+        with pytest.raises(KernelError, match="EACCES"):
+            igb.set_link_sysctl("net1", "ipv4.arp_notify", 1, pod)
 
 
 class TestAccounting:

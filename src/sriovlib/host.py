@@ -2,9 +2,10 @@
 
 Besides discovery it owns the VF lifecycle (see ``docs/lifecycle.md``):
 :meth:`Host.set_num_vfs`, :meth:`Host.configure_vf`, :meth:`Host.capabilities`,
-:meth:`Host.attach` and :meth:`Host.release`. Sysfs goes through :class:`Sysfs`, netlink
-through a :class:`~sriovlib.netlink.NetlinkBackend` (the real kernel unless one is
-passed in, created on first use so that discovery never loads pyroute2).
+:meth:`Host.snapshot`, :meth:`Host.attach` and :meth:`Host.release`. Sysfs goes
+through :class:`Sysfs`, netlink through a :class:`~sriovlib.netlink.NetlinkBackend` (the
+real kernel unless one is passed in, created on first use so that discovery never loads
+pyroute2).
 """
 
 from __future__ import annotations
@@ -763,6 +764,60 @@ class Host:
 
     # -- VF lifecycle: attach and release --------------------------------------------
 
+    def snapshot(
+        self,
+        vf: VirtualFunction | PciAddress | str,
+        netns: NetnsRef,
+        ifname: str,
+        mac: str | None = None,
+    ) -> AttachSnapshot:
+        """What :meth:`attach` with these arguments would record, read now and changing
+        nothing: the VF's settings through its PF (one VF-list read) and its netdev's
+        host name, MAC, MTU, up state and ifindex (one lookup; none for a VF without a
+        netdev, whose *mac* is then not recorded either).
+
+        For a caller that must keep the snapshot somewhere safe (on disk) before the
+        first change: take it here, store it, then pass it to ``attach(...,
+        snapshot=...)``, which then reads nothing again and, on failure, restores exactly
+        this. Arguments are checked by ``attach``, not here.
+
+        Raises:
+            DeviceNotFound: no such VF, or its PF has no netdev.
+            KernelError: a read failed.
+        """
+        current = self._fresh_vf(vf)
+        pf = self._fresh_pf(current.pf_address)
+        normal = None if mac is None else mac.strip().lower()
+        return self._snapshot(pf, _pf_netdev(pf), current, netns, ifname, normal)
+
+    def _snapshot(
+        self,
+        pf: PhysicalFunction,
+        pf_name: str,
+        vf: VirtualFunction,
+        netns: NetnsRef,
+        ifname: str,
+        mac: str | None,
+    ) -> AttachSnapshot:
+        state = self._read_vf(pf_name, vf.index)
+        link = None if vf.netdev is None else self.netlink.get_link(vf.netdev)
+        return AttachSnapshot(
+            vf=vf.address,
+            pf=pf.address,
+            vf_index=vf.index,
+            pf_netdev=pf_name,
+            netns=_netns_path(netns),
+            ifname=ifname,
+            host_name=None if link is None else link.name,
+            host_mac=None if link is None else link.mac,
+            host_mtu=None if link is None else link.mtu,
+            host_up=None if link is None else link.up,
+            driver=vf.driver,
+            vf_state=state,
+            host_index=None if link is None else link.index,
+            mac=None if link is None else mac,
+        )
+
     def attach(
         self,
         vf: VirtualFunction | PciAddress | str,
@@ -772,6 +827,7 @@ class Host:
         mtu: int | None = None,
         *,
         config: VfConfig | None = None,
+        snapshot: AttachSnapshot | None = None,
     ) -> AttachSnapshot:
         """Move the VF's netdev into *netns* as *ifname*, set MAC/MTU, bring it up.
 
@@ -785,8 +841,15 @@ class Host:
 
         A VF bound to vfio-pci (no netdev) gets only the snapshot and *config*.
 
-        Returns the snapshot :meth:`release` needs. If any step fails, everything done
-        so far is undone (the error carries a note saying how that went).
+        *snapshot*, if given, is one :meth:`snapshot` took for the same VF, *netns*,
+        *ifname* and *mac*, with nothing changed since (the caller holds the VF): it is
+        used instead of reading the VF and its netdev again. One that does not match —
+        other arguments, or a netdev that is no longer the VF's — is refused with
+        ValueError before anything changes.
+
+        Returns the snapshot :meth:`release` needs (*snapshot* itself when given). If any
+        step fails, everything done so far is undone to that snapshot (the error carries
+        a note saying how that went).
         """
         mac = _check_attach_arguments(ifname, mac, mtu)
         current = self._fresh_vf(vf)
@@ -795,7 +858,7 @@ class Host:
         self._check_with_plugin(pf, current, config or VfConfig(), mtu)
         if config is not None:
             self._refuse_known_unsupported(pf, pf_name, current, config)
-        netns_path = None if isinstance(netns, int) else os.fspath(netns)
+        netns_path = _netns_path(netns)
         if netns_path is not None and not os.path.exists(netns_path):
             raise KernelNotFound("open network namespace", netns_path, errno.ENOENT)
         if current.netdev is None and current.driver not in USERSPACE_DRIVERS:
@@ -813,24 +876,12 @@ class Host:
                     "(mac=...) for the VF's MAC)",
                 )
             )
-        state = self._read_vf(pf_name, current.index)
-        link = None if current.netdev is None else self.netlink.get_link(current.netdev)
-        snapshot = AttachSnapshot(
-            vf=current.address,
-            pf=pf.address,
-            vf_index=current.index,
-            pf_netdev=pf_name,
-            netns=netns_path,
-            ifname=ifname,
-            host_name=None if link is None else link.name,
-            host_mac=None if link is None else link.mac,
-            host_mtu=None if link is None else link.mtu,
-            host_up=None if link is None else link.up,
-            driver=current.driver,
-            vf_state=state,
-            host_index=None if link is None else link.index,
-            mac=mac,
-        )
+        if snapshot is None:
+            snapshot = self._snapshot(pf, pf_name, current, netns, ifname, mac)
+        else:
+            _check_snapshot(snapshot, current, pf_name, netns_path, ifname, mac)
+        state = snapshot.vf_state
+        link = _host_link(snapshot)
         # the VF's own MAC goes first, the admin MAC last: a PF that enforces admin MACs
         # (igb) refuses the VF's own change once one is set
         admin_mac = config is not None and config.mac is not None and link is not None
@@ -1190,6 +1241,51 @@ def _check_attach_arguments(ifname: str, mac: str | None, mtu: int | None) -> st
     if mtu is not None and (isinstance(mtu, bool) or not _MIN_MTU <= mtu <= _MAX_MTU):
         raise InvalidVfConfig((f"mtu {mtu} is outside {_MIN_MTU}-{_MAX_MTU}",))
     return mac
+
+
+def _netns_path(netns: NetnsRef) -> str | None:
+    """A namespace as a snapshot records it: its path, None for a file descriptor."""
+    return None if isinstance(netns, int) else os.fspath(netns)
+
+
+def _host_link(snapshot: AttachSnapshot) -> LinkInfo | None:
+    """The VF netdev on the host, as the snapshot saw it (None without a netdev)."""
+    if snapshot.host_name is None or snapshot.host_index is None:
+        return None
+    return LinkInfo(
+        index=snapshot.host_index,
+        name=snapshot.host_name,
+        mac=snapshot.host_mac or ZERO_MAC,
+        mtu=snapshot.host_mtu or 0,
+        up=bool(snapshot.host_up),
+    )
+
+
+def _check_snapshot(
+    snapshot: AttachSnapshot,
+    vf: VirtualFunction,
+    pf_name: str,
+    netns: str | None,
+    ifname: str,
+    mac: str | None,
+) -> None:
+    """Refuse a snapshot that was not taken for this attach of this VF as it is now."""
+    recorded = {
+        "VF": (snapshot.vf, vf.address),
+        "VF index": (snapshot.vf_index, vf.index),
+        "PF netdev": (snapshot.pf_netdev, pf_name),
+        "namespace": (snapshot.netns, netns),
+        "interface name": (snapshot.ifname, ifname),
+        "host netdev": (snapshot.host_name, vf.netdev),
+        "MAC": (snapshot.mac, None if vf.netdev is None else mac),
+    }
+    wrong = [f"{what} {had!r}, now {now!r}" for what, (had, now) in recorded.items() if had != now]
+    if snapshot.host_name is not None and snapshot.host_index is None:
+        wrong.append("no host ifindex recorded")
+    if wrong:
+        raise ValueError(
+            f"the snapshot of VF {snapshot.vf} does not fit this attach: {'; '.join(wrong)}"
+        )
 
 
 def _set_mac(nl: NetlinkBackend, index: int, mac: str) -> None:

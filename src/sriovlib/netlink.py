@@ -3,8 +3,9 @@
 It offers a small typed interface, :class:`NetlinkBackend`, with two implementations:
 :class:`KernelNetlink` (the real kernel) and
 :class:`sriovlib.testing.fakenetlink.FakeNetlink` (a fake kernel for tests). Host code
-only sees the interface, plain values (:class:`~sriovlib.models.VfState`,
-:class:`LinkInfo`) and the domain exceptions below — never a netlink message.
+and the CNI plugin only see the interface, plain values
+(:class:`~sriovlib.models.VfState`, :class:`LinkInfo`, :class:`Route`, ``ipaddress``
+interfaces) and the domain exceptions below — never a netlink message.
 
 What the interface does:
 
@@ -15,7 +16,19 @@ What the interface does:
   name in the same request: the kernel moves the device first and renames it in the
   target, so the new name never exists on the host side and a host interface of the same
   name does not matter;
+- add an address to an interface and list its addresses (``RTM_NEWADDR``,
+  ``RTM_GETADDR``); add a route through it and list its routes (``RTM_NEWROUTE``,
+  ``RTM_GETROUTE``) — in any namespace;
+- set an interface's per-namespace network sysctls (``arp_notify``, ``ndisc_notify``);
 - read a device's devlink eswitch mode.
+
+The sysctls are the one thing here that is not a netlink message: they are files under
+``/proc/sys/net``, but which files a path reaches depends on the network namespace of the
+thread that opens it, so writing them for a pod is entering the pod's namespace — the
+machinery this module already has for its sockets — and they are properties of an
+interface in that namespace, as its addresses are (the kernel resets them when the
+interface changes namespace). They live here rather than in :mod:`sriovlib.sysfs`, which
+reads a fixed tree (``/sys``, or a fake one in tests) and has no notion of namespaces.
 
 Errors: every refusal becomes a :class:`KernelError` carrying the operation, the device
 and the errno; the usual errnos have their own classes (:class:`KernelNotFound`,
@@ -30,9 +43,12 @@ short of the kernel's struct, so the kernel answers EINVAL to any VLAN-protocol 
 (802.1ad could never be reported as unsupported), so that one request is built by hand;
 (3) ``IPRoute(netns=...)`` forks a helper per socket and by default *creates* a namespace
 that does not exist — a release after the pod's namespace was deleted must not resurrect
-it. Namespaces are entered by a short-lived thread (``setns``) that only opens the socket.
+it. Namespaces are entered by a short-lived thread (``setns``) that only opens the socket
+(or writes one sysctl file).
 
-pyroute2 is imported on first use, not at ``import sriovlib`` (it costs ~150 ms).
+pyroute2 is imported on first use, not at ``import sriovlib`` (it costs ~150 ms), and
+addresses and routes never import it: their messages are a few fixed structs, encoded
+and decoded here by hand, so that the CNI plugin's address setup costs no pyroute2 import.
 """
 
 from __future__ import annotations
@@ -42,11 +58,12 @@ import contextlib
 import ctypes
 import errno
 import functools
+import ipaddress
 import os
 import socket
 import struct
 import threading
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, TypeVar
 
 import attrs
 
@@ -54,24 +71,48 @@ from sriovlib.exceptions import SriovError
 from sriovlib.models import ZERO_MAC, VfLinkState, VfState, VlanProto
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 __all__ = [
+    "LINK_SYSCTLS",
+    "RT_TABLE_MAIN",
     "Busy",
     "InvalidValue",
+    "IpAddress",
+    "IpInterface",
+    "IpNetwork",
     "KernelError",
     "KernelNetlink",
     "KernelNotFound",
     "LinkInfo",
+    "LinkSysctl",
     "NetlinkBackend",
     "NetnsRef",
+    "Route",
     "Unsupported",
     "errno_name",
     "kernel_error",
 ]
 
+_T = TypeVar("_T")
+
 #: A network namespace: a path (``/run/netns/pod1``, ``/proc/PID/ns/net``) or an open fd.
 NetnsRef: TypeAlias = "str | os.PathLike[str] | int"
+#: An address with its prefix length, as on an interface (``10.0.0.2/24``).
+IpInterface: TypeAlias = "ipaddress.IPv4Interface | ipaddress.IPv6Interface"
+#: A route destination.
+IpNetwork: TypeAlias = "ipaddress.IPv4Network | ipaddress.IPv6Network"
+#: A gateway.
+IpAddress: TypeAlias = "ipaddress.IPv4Address | ipaddress.IPv6Address"
+#: A per-interface network sysctl the backend can set (``family.name``).
+LinkSysctl: TypeAlias = Literal["ipv4.arp_notify", "ipv6.ndisc_notify"]
+#: Every :data:`LinkSysctl`, with the directory under ``/proc/sys/net`` it lives in.
+LINK_SYSCTLS: dict[LinkSysctl, tuple[str, str]] = {
+    "ipv4.arp_notify": ("ipv4", "arp_notify"),
+    "ipv6.ndisc_notify": ("ipv6", "ndisc_notify"),
+}
+#: The main routing table.
+RT_TABLE_MAIN = 254
 
 
 # -- errors ---------------------------------------------------------------------------
@@ -213,12 +254,78 @@ class LinkInfo:
     parent: str | None = None
 
 
-class NetlinkBackend(Protocol):
-    """What :class:`sriovlib.Host` needs from netlink.
+def _network(value: str | IpNetwork) -> IpNetwork:
+    return ipaddress.ip_network(value, strict=False)
 
-    Every method is one netlink request (``links`` is one dump). *netns* None means the
-    backend's own ("host") namespace; VF settings always go through the PF in that
-    namespace. Failures raise :class:`KernelError` subclasses.
+
+def _gateway(value: str | IpAddress | None) -> IpAddress | None:
+    return None if value is None else ipaddress.ip_address(value)
+
+
+def _u32(_: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    if value is not None and not 0 <= value <= 0xFFFFFFFF:
+        raise ValueError(f"route {attribute.name} {value} is not a 32-bit unsigned number")
+
+
+@attrs.frozen
+class Route:
+    """One route through an interface.
+
+    Strings are accepted for *dst* and *gateway*; a destination with host bits set is
+    taken as its network (``10.1.2.3/16`` is ``10.1.0.0/16``), and a gateway of the
+    other address family is refused with ValueError.
+
+    Attributes:
+        dst: The destination network.
+        gateway: The next hop; None for a route straight onto the link.
+        table: The routing table (default main, 254).
+        scope: ``rtm_scope``; None for the usual one: universe (0) with a gateway, link
+            (253) without. (IPv6 routes have no scope: the kernel ignores it.)
+        priority: The metric; None for the kernel's default.
+        mtu / advmss: The route's MTU and advertised MSS metrics; None for none.
+
+    The routes :meth:`NetlinkBackend.routes` lists carry *dst*, *gateway* and *table*;
+    the options that only shape a new route (scope, priority, metrics) are left None.
+    """
+
+    dst: IpNetwork = attrs.field(converter=_network)
+    gateway: IpAddress | None = attrs.field(default=None, converter=_gateway)
+    table: int = attrs.field(default=RT_TABLE_MAIN, validator=_u32)
+    scope: int | None = attrs.field(default=None)
+    priority: int | None = attrs.field(default=None, validator=_u32)
+    mtu: int | None = attrs.field(default=None, validator=_u32)
+    advmss: int | None = attrs.field(default=None, validator=_u32)
+
+    @gateway.validator
+    def _same_family(self, _: attrs.Attribute[Any], value: IpAddress | None) -> None:
+        if value is not None and value.version != self.dst.version:
+            raise ValueError(f"gateway {value} is not an IPv{self.dst.version} address")
+
+    @scope.validator
+    def _scope_byte(self, _: attrs.Attribute[Any], value: int | None) -> None:
+        if value is not None and not 0 <= value <= 255:
+            raise ValueError(f"route scope {value} is not 0-255")
+
+    @property
+    def effective_scope(self) -> int:
+        """The scope the route is added with (:attr:`scope`, or its default)."""
+        if self.scope is not None:
+            return self.scope
+        return _RT_SCOPE_UNIVERSE if self.gateway is not None else _RT_SCOPE_LINK
+
+    def __str__(self) -> str:
+        via = f"via {self.gateway}" if self.gateway is not None else "via link"
+        table = "" if self.table == RT_TABLE_MAIN else f" table {self.table}"
+        return f"{self.dst} {via}{table}"
+
+
+class NetlinkBackend(Protocol):
+    """What :class:`sriovlib.Host` and the CNI plugin need from netlink.
+
+    Every method is one netlink request (``links``, ``addresses`` and ``routes`` are one
+    dump each; ``set_link_sysctl`` is one file write). *netns* None means the backend's
+    own ("host") namespace; VF settings always go through the PF in that namespace.
+    Failures raise :class:`KernelError` subclasses.
     """
 
     def vf_states(self, pf: str) -> tuple[VfState, ...]:
@@ -278,6 +385,50 @@ class NetlinkBackend(Protocol):
     def delete_altname(self, index: int, altname: str, netns: NetnsRef | None = None) -> None:
         """Remove alternative name *altname* from interface *index*."""
 
+    def add_address(
+        self,
+        index: int,
+        address: IpInterface,
+        netns: NetnsRef | None = None,
+        *,
+        replace: bool = False,
+    ) -> None:
+        """Add *address* to interface *index*.
+
+        An address that is already there is EEXIST, unless *replace*, which updates it
+        instead. (An IPv6 address is the same address whatever its prefix length; an
+        IPv4 address with another prefix length is another address.) A missing
+        interface is ENODEV.
+        """
+
+    def addresses(self, index: int, netns: NetnsRef | None = None) -> tuple[IpInterface, ...]:
+        """The addresses on interface *index*, IPv4 first (one dump)."""
+
+    def add_route(self, index: int, route: Route, netns: NetnsRef | None = None) -> None:
+        """Add *route* through interface *index*.
+
+        The same route again is EEXIST; a route to the same destination through another
+        gateway is added beside it. The kernel's rules: a missing interface is ENODEV; an
+        interface that is down is ENETDOWN; a gateway must be on-link — inside the
+        prefix of one of the interface's addresses or of a route onto the link, or an
+        IPv6 link-local address — else ENETUNREACH (IPv4) or EHOSTUNREACH (IPv6); an IPv4
+        gateway on a route of link scope is ENETUNREACH.
+        """
+
+    def routes(
+        self, index: int, netns: NetnsRef | None = None, *, table: int = RT_TABLE_MAIN
+    ) -> tuple[Route, ...]:
+        """The unicast routes through interface *index* in *table*, the kernel's own
+        prefix routes for the interface's addresses included (one dump)."""
+
+    def set_link_sysctl(
+        self, name: str, key: LinkSysctl, value: int, netns: NetnsRef | None = None
+    ) -> None:
+        """Set network sysctl *key* of interface *name* as *netns* sees it
+        (``/proc/sys/net/ipv4/conf/<name>/arp_notify``...). ENOENT when there is no
+        such interface there, or no such protocol (IPv6 disabled). The kernel resets
+        them when the interface changes namespace."""
+
     def eswitch_mode(self, pci_address: str) -> str | None:
         """``legacy`` or ``switchdev`` from devlink; None where devlink has no answer."""
 
@@ -302,9 +453,17 @@ _NLM_F_REQUEST = 0x1
 _NLM_F_ACK = 0x4
 _NLM_F_DUMP = 0x300
 _NLM_F_ACK_TLVS = 0x200
+_NLM_F_REPLACE = 0x100
+_NLM_F_EXCL = 0x200
+_NLM_F_CREATE = 0x400
+_NLM_F_APPEND = 0x800
 _NLMSGERR_ATTR_MSG = 1
 _RTM_GETLINK = 18
 _RTM_SETLINK = 19
+_RTM_NEWADDR = 20
+_RTM_GETADDR = 22
+_RTM_NEWROUTE = 24
+_RTM_GETROUTE = 26
 _RTM_DELLINKPROP = 109
 _RTEXT_FILTER_VF = 1 << 0
 _RTEXT_FILTER_SKIP_STATS = 1 << 3
@@ -319,6 +478,27 @@ _IFLA_VF_INFO = 1
 _IFLA_VF_VLAN_LIST = 12
 _IFLA_VF_VLAN_INFO = 1
 _RCVBUF = 1 << 20
+# addresses and routes: struct ifaddrmsg, struct rtmsg, struct rtnexthop
+_IFINFOMSG = struct.Struct("=BxHiII")
+_IFADDRMSG = struct.Struct("=BBBBI")
+_RTMSG = struct.Struct("=BBBBBBBBI")
+_RTNEXTHOP = struct.Struct("=HBBi")
+_IFA_ADDRESS = 1
+_IFA_LOCAL = 2
+_IFA_BROADCAST = 4
+_RTA_DST = 1
+_RTA_OIF = 4
+_RTA_GATEWAY = 5
+_RTA_PRIORITY = 6
+_RTA_METRICS = 8
+_RTA_MULTIPATH = 9
+_RTA_TABLE = 15
+_RTAX_MTU = 2
+_RTAX_ADVMSS = 8
+_RTPROT_BOOT = 3
+_RTN_UNICAST = 1
+_RT_SCOPE_UNIVERSE = 0
+_RT_SCOPE_LINK = 253
 
 
 @functools.cache
@@ -334,13 +514,30 @@ def _nla(kind: int, payload: bytes) -> bytes:
     return struct.pack("=HH", 4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
 
 
-class _RawLinkMessage:
-    """An ``ifinfomsg`` request built by hand, for the one attribute pyroute2 gets wrong:
-    ``IFLA_VF_VLAN_INFO`` must carry the kernel's 16-byte ``struct ifla_vf_vlan_info``
-    (pyroute2 0.9 sends 14 bytes, which the kernel refuses with EINVAL)."""
+def _attributes(data: bytes, offset: int = 0) -> dict[int, bytes]:
+    """The payloads of the netlink attributes from *offset* on, by type."""
+    found = {}
+    while offset + 4 <= len(data):
+        length, kind = struct.unpack_from("=HH", data, offset)
+        if length < 4:
+            break
+        found[kind & _NLA_TYPE_MASK] = data[offset + 4 : offset + length]
+        offset += (length + 3) & ~3
+    return found
 
-    def __init__(self, attributes: bytes) -> None:
-        self.attributes = attributes
+
+class _RawMessage:
+    """A request whose body (the fixed struct and the attributes) is encoded by hand,
+    with the interface :meth:`_Channel.request` uses of a pyroute2 message.
+
+    Used where pyroute2 gets a message wrong — ``IFLA_VF_VLAN_INFO`` must carry the
+    kernel's 16-byte ``struct ifla_vf_vlan_info`` (pyroute2 0.9 sends 14 bytes, which the
+    kernel refuses with EINVAL) — and for addresses and routes, which must not cost a
+    pyroute2 import.
+    """
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
         self.header: dict[str, int] = {}
         self.data = b""
 
@@ -348,24 +545,119 @@ class _RawLinkMessage:
         return self.header
 
     def encode(self) -> None:
-        body = struct.pack("=BxHiII", 0, 0, 0, 0, 0) + self.attributes
         self.data = (
             _HEADER.pack(
-                _HEADER.size + len(body),
+                _HEADER.size + len(self.body),
                 self.header["type"],
                 self.header["flags"],
                 self.header["sequence_number"],
                 self.header["pid"],
             )
-            + body
+            + self.body
         )
 
 
-def _vlan_list_request(pf: str, vf: int, vlan: int, qos: int, ethertype: int) -> _RawLinkMessage:
+def _vlan_list_request(pf: str, vf: int, vlan: int, qos: int, ethertype: int) -> _RawMessage:
     info = struct.pack("=III", vf, vlan, qos) + struct.pack(">H", ethertype) + b"\0\0"
     vlan_list = _nla(_IFLA_VF_VLAN_LIST, _nla(_IFLA_VF_VLAN_INFO, info))
     vfinfo_list = _nla(_IFLA_VFINFO_LIST, _nla(_IFLA_VF_INFO, vlan_list))
-    return _RawLinkMessage(_nla(_IFLA_IFNAME, pf.encode() + b"\0") + vfinfo_list)
+    attributes = _nla(_IFLA_IFNAME, pf.encode() + b"\0") + vfinfo_list
+    return _RawMessage(_IFINFOMSG.pack(0, 0, 0, 0, 0) + attributes)
+
+
+def _family(version: int) -> int:
+    return socket.AF_INET if version == 4 else socket.AF_INET6
+
+
+def _address_request(index: int, address: IpInterface) -> _RawMessage:
+    """``RTM_NEWADDR``: local and peer address, and the broadcast of an IPv4 subnet."""
+    network = address.network
+    packed = address.ip.packed
+    body = _IFADDRMSG.pack(_family(address.version), network.prefixlen, 0, 0, index)
+    body += _nla(_IFA_LOCAL, packed) + _nla(_IFA_ADDRESS, packed)
+    if address.version == 4 and network.prefixlen < 31:
+        body += _nla(_IFA_BROADCAST, network.broadcast_address.packed)
+    return _RawMessage(body)
+
+
+def _route_request(index: int, route: Route) -> _RawMessage:
+    """``RTM_NEWROUTE`` for *route* through *index* (a table above 255 goes in
+    ``RTA_TABLE``, the metrics in ``RTA_METRICS``)."""
+    dst, table = route.dst, route.table
+    body = _RTMSG.pack(
+        _family(dst.version),
+        dst.prefixlen,
+        0,
+        0,
+        table if table < 256 else 0,
+        _RTPROT_BOOT,
+        route.effective_scope,
+        _RTN_UNICAST,
+        0,
+    )
+    body += _nla(_RTA_DST, dst.network_address.packed)
+    body += _nla(_RTA_OIF, struct.pack("=I", index))
+    if route.gateway is not None:
+        body += _nla(_RTA_GATEWAY, route.gateway.packed)
+    if route.priority is not None:
+        body += _nla(_RTA_PRIORITY, struct.pack("=I", route.priority))
+    if table >= 256:
+        body += _nla(_RTA_TABLE, struct.pack("=I", table))
+    metrics = b""
+    if route.mtu is not None:
+        metrics += _nla(_RTAX_MTU, struct.pack("=I", route.mtu))
+    if route.advmss is not None:
+        metrics += _nla(_RTAX_ADVMSS, struct.pack("=I", route.advmss))
+    if metrics:
+        body += _nla(_RTA_METRICS, metrics)
+    return _RawMessage(body)
+
+
+def _decode_address(message: bytes, index: int) -> IpInterface | None:
+    """The address of one ``RTM_NEWADDR`` dump entry, if it is on *index*."""
+    family, prefix, _, _, owner = _IFADDRMSG.unpack_from(message, _HEADER.size)
+    if owner != index or family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    found = _attributes(message, _HEADER.size + _IFADDRMSG.size)
+    raw = found.get(_IFA_LOCAL) or found.get(_IFA_ADDRESS)
+    if raw is None:
+        return None
+    return ipaddress.ip_interface((ipaddress.ip_address(raw), prefix))
+
+
+def _decode_routes(message: bytes, index: int, table: int) -> list[Route]:
+    """The routes of one ``RTM_NEWROUTE`` dump entry through *index* in *table*: one,
+    or one per next hop through *index* of a multipath route (IPv6 makes one of two
+    routes to the same destination)."""
+    family, dst_len, _, _, rt_table, _, _, kind, _ = _RTMSG.unpack_from(message, _HEADER.size)
+    if family not in (socket.AF_INET, socket.AF_INET6) or kind != _RTN_UNICAST:
+        return []
+    found = _attributes(message, _HEADER.size + _RTMSG.size)
+    if _RTA_TABLE in found:
+        (rt_table,) = struct.unpack("=I", found[_RTA_TABLE])
+    if rt_table != table:
+        return []
+    zero = bytes(4 if family == socket.AF_INET else 16)
+    dst = ipaddress.ip_network((ipaddress.ip_address(found.get(_RTA_DST, zero)), dst_len))
+    hops: list[tuple[int | None, bytes | None]] = []
+    if _RTA_MULTIPATH in found:
+        payload = found[_RTA_MULTIPATH]
+        offset = 0
+        while offset + _RTNEXTHOP.size <= len(payload):
+            length, _, _, oif = _RTNEXTHOP.unpack_from(payload, offset)
+            if length < _RTNEXTHOP.size:
+                break
+            nested = _attributes(payload[offset + _RTNEXTHOP.size : offset + length])
+            hops.append((oif, nested.get(_RTA_GATEWAY)))
+            offset += (length + 3) & ~3
+    else:
+        oif = struct.unpack("=I", found[_RTA_OIF])[0] if _RTA_OIF in found else None
+        hops.append((oif, found.get(_RTA_GATEWAY)))
+    return [
+        Route(dst, None if gateway is None else ipaddress.ip_address(gateway), table=rt_table)
+        for oif, gateway in hops
+        if oif == index
+    ]
 
 
 def _setns(fd: int) -> None:
@@ -394,28 +686,52 @@ def _new_socket() -> socket.socket:
     return sock
 
 
-def _socket_in(netns_fd: int) -> socket.socket:
-    """A netlink socket bound to the namespace *netns_fd* refers to.
+def _in_netns(netns_fd: int, work: Callable[[], _T], where: str = "") -> _T:
+    """Run *work* in a throw-away thread that entered the namespace *netns_fd* refers
+    to (*where* describes it); return what *work* returns, raise what it raises.
 
-    A socket stays in the namespace it was created in, so a throw-away thread enters the
-    namespace, creates the socket and ends; the calling thread never changes namespace.
+    The calling thread never changes namespace. What *work* opens there stays there: a
+    socket (every request on it is handled in that namespace), a file under
+    ``/proc/sys/net`` (resolved against the opener's namespace).
+
+    Raises:
+        KernelError: ``setns`` failed (e.g. EINVAL: not a network namespace).
     """
     outcome: dict[str, Any] = {}
 
     def enter() -> None:
         try:
             _setns(netns_fd)
-            outcome["socket"] = _new_socket()
+        except OSError as e:
+            outcome["enter"] = e
+            return
+        try:
+            outcome["value"] = work()
         except BaseException as e:
             outcome["error"] = e
 
     thread = threading.Thread(target=enter, name="sriovlib-netns", daemon=True)
     thread.start()
     thread.join()
+    if "enter" in outcome:
+        code = outcome["enter"].errno or errno.EINVAL
+        where = where or f"namespace fd {netns_fd}"
+        raise kernel_error(code, "enter network namespace", where)
     if "error" in outcome:
         raise outcome["error"]
-    sock: socket.socket = outcome["socket"]
-    return sock
+    value: _T = outcome["value"]
+    return value
+
+
+def _socket_in(netns_fd: int, where: str = "") -> socket.socket:
+    """A netlink socket bound to the namespace *netns_fd* refers to (a socket stays in
+    the namespace it was created in)."""
+    return _in_netns(netns_fd, _new_socket, where)
+
+
+def _write_file(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
 
 
 class _Channel:
@@ -431,11 +747,20 @@ class _Channel:
         self.sock.close()
 
     def request(
-        self, msg: Any, msg_type: int, operation: str, device: str, *, dump: bool = False
+        self,
+        msg: Any,
+        msg_type: int,
+        operation: str,
+        device: str,
+        *,
+        dump: bool = False,
+        flags: int = 0,
     ) -> list[bytes]:
-        """Send *msg*; return the raw reply messages; raise KernelError on refusal."""
+        """Send *msg* (with *flags* besides request and ack/dump); return the raw reply
+        messages; raise KernelError on refusal."""
         self.seq += 1
-        flags = _NLM_F_REQUEST | (_NLM_F_DUMP if dump else _NLM_F_ACK)
+        # NLM_F_REPLACE and NLM_F_ROOT share a bit: a dump is only ever said explicitly
+        flags |= _NLM_F_REQUEST | (_NLM_F_DUMP if dump else _NLM_F_ACK)
         msg["header"]["type"] = msg_type
         msg["header"]["flags"] = flags
         msg["header"]["sequence_number"] = self.seq
@@ -603,7 +928,7 @@ class KernelNetlink:
         fd, owned = _open_netns(home)
         self._home_fd = os.dup(fd) if not owned else fd
         self._home_key = _ns_key(self._home_fd)
-        sock = _new_socket() if netns is None else _socket_in(self._home_fd)
+        sock = _new_socket() if netns is None else _socket_in(self._home_fd, _describe_netns(netns))
         self._home = _Channel(sock, timeout)
         self._foreign: dict[tuple[int, int], _Channel] = {}
 
@@ -640,13 +965,11 @@ class KernelNetlink:
                 return self._home
             channel = self._foreign.get(key)
             if channel is None:
+                where = _describe_netns(netns)
                 try:
-                    sock = _socket_in(fd)
+                    sock = _socket_in(fd, where)
                 except OSError as e:
-                    # e.g. EINVAL: the path is not (or no longer) a network namespace
-                    raise kernel_error(
-                        e.errno or errno.EINVAL, "enter network namespace", _describe_netns(netns)
-                    ) from None
+                    raise kernel_error(e.errno or errno.EIO, "open netlink socket", where) from None
                 channel = _Channel(sock, self.timeout)
                 self._foreign[key] = channel
             return channel
@@ -664,10 +987,11 @@ class KernelNetlink:
         netns: NetnsRef | None = None,
         *,
         dump: bool = False,
+        flags: int = 0,
     ) -> list[bytes]:
         channel = self._channel(netns)
         self.requests[kind] += 1
-        return channel.request(msg, msg_type, operation, device, dump=dump)
+        return channel.request(msg, msg_type, operation, device, dump=dump, flags=flags)
 
     # -- VF settings (through the PF, in the home namespace) -----------------------
 
@@ -854,6 +1178,92 @@ class KernelNetlink:
             f"ifindex {index}",
             netns,
         )
+
+    # -- addresses, routes and sysctls (no pyroute2) ----------------------------------
+
+    def add_address(
+        self,
+        index: int,
+        address: IpInterface,
+        netns: NetnsRef | None = None,
+        *,
+        replace: bool = False,
+    ) -> None:
+        """One ``RTM_NEWADDR`` (``NLM_F_CREATE`` and ``NLM_F_REPLACE`` or ``NLM_F_EXCL``)."""
+        self._request(
+            "add_addr",
+            _address_request(index, address),
+            _RTM_NEWADDR,
+            f"add address {address}",
+            f"ifindex {index}",
+            netns,
+            flags=_NLM_F_CREATE | (_NLM_F_REPLACE if replace else _NLM_F_EXCL),
+        )
+
+    def addresses(self, index: int, netns: NetnsRef | None = None) -> tuple[IpInterface, ...]:
+        """One ``RTM_GETADDR`` dump, filtered to *index*."""
+        replies = self._request(
+            "dump_addr",
+            _RawMessage(_IFADDRMSG.pack(0, 0, 0, 0, 0)),
+            _RTM_GETADDR,
+            "list addresses",
+            f"ifindex {index}",
+            netns,
+            dump=True,
+        )
+        found = (_decode_address(reply, index) for reply in replies)
+        return tuple(address for address in found if address is not None)
+
+    def add_route(self, index: int, route: Route, netns: NetnsRef | None = None) -> None:
+        """One ``RTM_NEWROUTE`` (``NLM_F_CREATE | NLM_F_APPEND``)."""
+        self._request(
+            "add_route",
+            _route_request(index, route),
+            _RTM_NEWROUTE,
+            f"add route {route}",
+            f"ifindex {index}",
+            netns,
+            flags=_NLM_F_CREATE | _NLM_F_APPEND,
+        )
+
+    def routes(
+        self, index: int, netns: NetnsRef | None = None, *, table: int = RT_TABLE_MAIN
+    ) -> tuple[Route, ...]:
+        """One ``RTM_GETROUTE`` dump, filtered to unicast routes through *index* in
+        *table*."""
+        replies = self._request(
+            "dump_route",
+            _RawMessage(_RTMSG.pack(0, 0, 0, 0, 0, 0, 0, 0, 0)),
+            _RTM_GETROUTE,
+            "list routes",
+            f"ifindex {index}",
+            netns,
+            dump=True,
+        )
+        return tuple(route for reply in replies for route in _decode_routes(reply, index, table))
+
+    def set_link_sysctl(
+        self, name: str, key: LinkSysctl, value: int, netns: NetnsRef | None = None
+    ) -> None:
+        """Write ``/proc/sys/net/<family>/conf/<name>/<setting>`` from a thread that
+        entered *netns* (not a netlink request: not counted in :attr:`requests`)."""
+        operation = f"set {key} to {value}"
+        if not name or "/" in name or name in (".", "..") or key not in LINK_SYSCTLS:
+            raise kernel_error(errno.EINVAL, operation, repr(name))
+        family, setting = LINK_SYSCTLS[key]
+        path = f"/proc/sys/net/{family}/conf/{name}/{setting}"
+        if netns is None:
+            fd, owned = self._home_fd, False
+        else:
+            fd, owned = _open_netns(netns)
+        where = "the host namespace" if netns is None else _describe_netns(netns)
+        try:
+            _in_netns(fd, functools.partial(_write_file, path, f"{int(value)}\n"), where)
+        except OSError as e:
+            raise kernel_error(e.errno or errno.EIO, operation, name) from None
+        finally:
+            if owned:
+                os.close(fd)
 
     # -- devlink ---------------------------------------------------------------------
 

@@ -13,9 +13,10 @@ import pytest
 from sriovlib.cni.__main__ import run
 from sriovlib.cni.commands import Context
 from sriovlib.models import PciAddress
+from sriovlib.netlink import Route
 from sriovlib.testing import FakeSysfs, add_nic_model
 from sriovlib.testing.builder import FakePf
-from sriovlib.testing.cni import FakeIp, FakeIpam, fake_context
+from sriovlib.testing.cni import FakeIpam, fake_context
 from sriovlib.testing.fakenetlink import FakeNetlink
 
 CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "sriov-cni-netconfs"
@@ -33,11 +34,15 @@ class Node:
     tmp: Path
     original: dict[str, Any] = attrs.field(factory=dict)
 
-    @property
-    def ip(self) -> FakeIp:
-        ip = self.ctx.ip
-        assert isinstance(ip, FakeIp)
-        return ip
+    def addresses(self, ifname: str = "net1") -> tuple[str, ...]:
+        """The addresses on *ifname* in the pod, as the fake kernel has them."""
+        index = self.kernel.link(ifname, self.pod).index
+        return tuple(str(a) for a in self.kernel.addresses(index, self.pod))
+
+    def routes(self, ifname: str = "net1") -> tuple[Route, ...]:
+        """The routes through *ifname* in the pod, as the fake kernel has them."""
+        index = self.kernel.link(ifname, self.pod).index
+        return self.kernel.routes(index, self.pod)
 
     def vf(self, index: int) -> PciAddress:
         return self.pf.vf_address(index)

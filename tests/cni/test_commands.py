@@ -6,6 +6,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 from typing import Any
 
 import pytest
@@ -13,6 +14,8 @@ import pytest
 from sriovlib.allocation import AllocationStore
 from sriovlib.cni.protocol import CniError
 from sriovlib.models import VfState, VlanProto
+from sriovlib.netlink import Route
+from sriovlib.testing.cni import FakeIpam
 
 from .conftest import Node
 
@@ -48,8 +51,11 @@ class TestAdd:
         )
         link = node.kernel.link("net1", node.pod)
         assert ("ca:fe:c0:ff:ee:01", True, str(node.vf(1))) == (link.mac, link.up, link.parent)
-        assert ("10.56.217.2/24",) == node.ip.addresses(node.pod, "net1")
-        assert (("0.0.0.0/0", "10.56.217.1"),) == node.ip.routes(node.pod, "net1")
+        assert ("10.56.217.2/24",) == node.addresses()
+        assert (Route("10.56.217.0/24"), Route("0.0.0.0/0", "10.56.217.1")) == node.routes()
+        assert {"ipv4.arp_notify": 1, "ipv6.ndisc_notify": 1} == node.kernel.sysctls(
+            "net1", node.pod
+        )
         assert {
             "cniVersion": "1.0.0",
             "interfaces": [{"name": "net1", "mac": "ca:fe:c0:ff:ee:01", "sandbox": node.pod}],
@@ -126,6 +132,17 @@ class TestAdd:
         status, error = node.invoke("ADD", node.conf(0, deviceID=str(node.pf.address)))
         assert (1, 101) == (status, error["code"])
 
+    def test_pf_without_netdev(self, node: Node) -> None:
+        """VF settings go through the PF's netdev: without one, code 101 before anything
+        is recorded or changed."""
+        shutil.rmtree(node.kernel.fs.sys / "bus/pci/devices" / str(node.pf.address) / "net")
+        status, error = node.invoke("ADD", node.conf(0, vlan=3))
+        assert (1, 101) == (status, error["code"])
+        assert "is its driver bound?" in error["details"]
+        assert () == AllocationStore(node.tmp / "state/allocations").records()
+        assert [] == node.ipam.calls
+        assert 0 == node.kernel.requests["move_link"] + node.kernel.requests["set_vf"]
+
     def test_netns_must_exist(self, node: Node) -> None:
         """ADD into a namespace that does not exist is code 4."""
         status, error = node.invoke("ADD", node.conf(0), CNI_NETNS="/run/netns/nope")
@@ -155,19 +172,48 @@ class TestRollback:
         assert "rolled back" in error["details"]
         self.assert_untouched(node)
 
+    @pytest.mark.parametrize(
+        ("kind", "code", "what"),
+        [
+            ("add_addr", errno.EADDRNOTAVAIL, "adding address 10.56.217.2/24 failed"),
+            ("add_route", errno.ENETUNREACH, "adding route 0.0.0.0/0 via 10.56.217.1 failed"),
+        ],
+    )
     def test_address_failure_releases_ipam(
-        self, node: Node, monkeypatch: pytest.MonkeyPatch
+        self, node: Node, kind: str, code: int, what: str
     ) -> None:
-        """A failure after IPAM ADD calls IPAM DEL."""
-
-        def fail(*args: Any) -> None:
-            raise CniError(103, "adding address failed")
-
-        monkeypatch.setattr(node.ip, "configure", fail)
+        """The kernel refusing an address or a route after IPAM ADD: code 103 naming it,
+        IPAM DEL, the VF restored."""
+        node.kernel.fail(kind, code)
         status, error = node.invoke("ADD", node.conf(0, vlan=9))
-        assert (1, 103) == (status, error["code"])
+        assert (1, 103, what) == (status, error["code"], error["msg"])
+        assert errno.errorcode[code] in error["details"]
         assert ["ADD", "DEL"] == [c[0] for c in node.ipam.calls]
         self.assert_untouched(node)
+
+    def test_existing_route_counts_as_done(self, node: Node) -> None:
+        """A route the kernel already has (EEXIST) is not an error."""
+        node.kernel.fail("add_route", errno.EEXIST)
+        status, result = node.invoke("ADD", node.conf(0))
+        assert 0 == status, result
+
+    def test_notify_sysctls_are_best_effort(self, node: Node) -> None:
+        """A sysctl that cannot be set (IPv6 disabled: no ipv6/conf) does not fail ADD."""
+        node.kernel.fail("sysctl", errno.ENOENT, match="ipv6")
+        status, result = node.invoke("ADD", node.conf(0))
+        assert 0 == status, result
+        assert {"ipv4.arp_notify": 1} == node.kernel.sysctls("net1", node.pod)
+
+    def test_ipv6_result(self, node: Node) -> None:
+        """An IPv6 result: the address, the interface's prefix route and the default
+        route through the gateway are in the pod; CHECK passes."""
+        node.ipam = node.ctx.ipam = FakeIpam("fd00:56::/120", routes=("::/0",))
+        conf = node.conf(0)
+        status, result = node.invoke("ADD", conf)
+        assert 0 == status, result
+        assert ("fd00:56::2/120",) == node.addresses()
+        assert (Route("fd00:56::/120"), Route("::/0", "fd00:56::1")) == node.routes()
+        assert (0, None) == node.invoke("CHECK", {**conf, "prevResult": result})
 
     def test_vf_setting_refused(self, node: Node) -> None:
         """The driver refusing a VF setting is code 103, nothing left changed."""
@@ -394,10 +440,22 @@ class TestCheck:
     def test_check_address_removed(self, node: Node) -> None:
         """CHECK notices a missing address."""
         conf = self.add(node)
-        node.ip.remove_address(node.pod, "net1", "10.56.217.2/24")
+        node.kernel.remove_address("net1", "10.56.217.2/24", node.pod)
         status, error = node.invoke("CHECK", conf)
         assert (1, 105) == (status, error["code"])
         assert "10.56.217.2/24" in error["details"]
+
+    def test_check_route_gone(self, node: Node) -> None:
+        """CHECK notices a missing route (taking the interface down and up again drops
+        the routes through it, as the kernel does)."""
+        conf = self.add(node)
+        index = node.kernel.link("net1", node.pod).index
+        node.kernel.set_link(index, node.pod, up=False)
+        node.kernel.set_link(index, node.pod, up=True)
+        status, error = node.invoke("CHECK", conf)
+        assert (1, 105) == (status, error["code"])
+        assert "route 0.0.0.0/0 via 10.56.217.1 is missing" in error["details"]
+        assert "address" not in error["details"]  # IPv4 addresses stay
 
     def test_check_interface_gone(self, node: Node) -> None:
         """CHECK notices the interface renamed away."""

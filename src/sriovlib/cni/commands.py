@@ -14,8 +14,10 @@ says otherwise):
   again later).
 
 ADD: lock, clear a stale holder (a holder whose namespace is gone, or this very
-attachment from an earlier ADD that never got its DEL), snapshot, record, configure and
-attach the VF through :meth:`Host.attach`, IPAM ADD, addresses and routes, cache, reply.
+attachment from an earlier ADD that never got its DEL), snapshot (:meth:`Host.snapshot`),
+record, configure and attach the VF through :meth:`Host.attach` with that snapshot, IPAM
+ADD, addresses and routes (:mod:`sriovlib.cni.ipconfig`, through the Host's netlink
+backend), cache, reply.
 A failure at any step undoes every earlier one — IPAM included — before the error is
 reported. DEL: IPAM DEL, :meth:`Host.release` from the recorded snapshot, drop the
 records; it succeeds when there is nothing left to do, and keeps the records (so a retry
@@ -50,8 +52,8 @@ from sriovlib.allocation import (
     OwnerBusy,
     StoreError,
 )
+from sriovlib.cni import ipconfig
 from sriovlib.cni.ipam import ExecIpam, Ipam, IpamRequest
-from sriovlib.cni.ipconfig import IpSetup, KernelIp, plan_routes
 from sriovlib.cni.netconf import LOG_LEVELS, NetConf, parse_netconf
 from sriovlib.cni.protocol import (
     CHECK_FAILED,
@@ -82,7 +84,7 @@ from sriovlib.models import (
     VfState,
     VirtualFunction,
 )
-from sriovlib.netlink import Busy, KernelError, KernelNotFound, NetlinkBackend
+from sriovlib.netlink import Busy, KernelError, KernelNotFound, LinkInfo, NetlinkBackend
 
 __all__ = ["ADD_STEPS", "DEFAULT_STATE_DIR", "AttachmentCache", "Context", "execute"]
 
@@ -110,7 +112,6 @@ class Context:
         host_factory: Makes the :class:`Host` (called at most once, when needed).
         state_dir: The state directory (allocation store, attachment cache, locks).
         ipam: IPAM delegation.
-        ip: Address and route configuration in the pod namespace.
         lock_timeout: Seconds to wait for a VF's lock.
         kill_at: Test hook: SIGKILL this process after this ADD/DEL step.
     """
@@ -118,7 +119,6 @@ class Context:
     host_factory: Callable[[], Host]
     state_dir: Path
     ipam: Ipam
-    ip: IpSetup
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     kill_at: str | None = None
     _host: Host | None = attrs.field(default=None, init=False)
@@ -150,7 +150,6 @@ class Context:
             host_factory=make_host,
             state_dir=Path(environ.get("SRIOVLIB_STATE_DIR") or DEFAULT_STATE_DIR),
             ipam=ExecIpam(environ),
-            ip=KernelIp(),
             lock_timeout=timeout,
             kill_at=environ.get("SRIOVLIB_CNI_KILL_AT") or None,
         )
@@ -385,11 +384,7 @@ def _log_requests(ctx: Context, started: float) -> None:
     """At debug level, the netlink requests this command made (the benchmark reads it)."""
     if not log.isEnabledFor(logging.DEBUG) or ctx._host is None:
         return
-    counts: dict[str, int] = {}
-    for source in (getattr(ctx._host.netlink, "requests", None), getattr(ctx.ip, "requests", None)):
-        if source:
-            for kind, n in source.items():
-                counts[kind] = counts.get(kind, 0) + n
+    counts: dict[str, int] = dict(getattr(ctx._host.netlink, "requests", None) or {})
     log.debug(
         "netlink requests: %d %s (%.3f s)",
         sum(counts.values()),
@@ -474,38 +469,6 @@ def _lookup_vf(host: Host, address: PciAddress) -> VirtualFunction:
             f"deviceID {address} is not a VF on this node",
             f"{e}; check the device plugin's allocation and sriov_numvfs",
         ) from None
-
-
-def _snapshot(
-    host: Host, vf: VirtualFunction, netns: str, ifname: str, mac: str | None
-) -> AttachSnapshot:
-    """The VF's state before ADD changes anything: what :meth:`Host.attach` will record,
-    taken here so that it is on disk before the first change."""
-    pf = host.pf(vf.pf_address)
-    if not pf.netdevs:
-        raise CniError(
-            DEVICE_NOT_FOUND,
-            f"the PF {pf.address} of VF {vf.address} has no network interface",
-            "VF settings go through the PF's interface; is its driver bound?",
-        )
-    state = host.vf_state(vf)
-    link = None if vf.netdev is None else host.netlink.get_link(vf.netdev)
-    return AttachSnapshot(
-        vf=vf.address,
-        pf=pf.address,
-        vf_index=vf.index,
-        pf_netdev=pf.netdevs[0],
-        netns=netns,
-        ifname=ifname,
-        host_name=None if link is None else link.name,
-        host_mac=None if link is None else link.mac,
-        host_mtu=None if link is None else link.mtu,
-        host_up=None if link is None else link.up,
-        driver=vf.driver,
-        vf_state=state,
-        host_index=None if link is None else link.index,
-        mac=None if link is None else mac,
-    )
 
 
 @attrs.frozen
@@ -698,7 +661,8 @@ def _add(ctx: Context, env: Environment, conf: NetConf, stdin: bytes) -> dict[st
                 "other than this plugin, or its driver is still loading",
             )
         try:
-            snapshot = _snapshot(host, vf, netns, ifname, None if dpdk else conf.mac)
+            # what attach will restore on failure and DEL from, on disk before any change
+            snapshot = host.snapshot(vf, netns, ifname, None if dpdk else conf.mac)
         except (SriovError, OSError) as e:
             raise _device_error(e, f"reading VF {vf.address}") from None
         cni_state = {"network": conf.name, "dpdk": dpdk, "config": _stored_config(conf)}
@@ -769,19 +733,18 @@ def _attach_and_address(
     ipam_request = None
     try:
         try:
-            attached = host.attach(
+            host.attach(
                 vf,
                 netns,
                 ifname,
                 mac=None if dpdk else conf.mac,
                 config=conf.vf_config if conf.vf_config.fields() else None,
+                snapshot=snapshot,
             )
         except (SriovError, OSError) as e:
             raise _device_error(e, f"attaching VF {vf.address}") from None
-        if attached != snapshot:
-            log.warning("VF %s: attach saw %s, the record has %s", vf.address, attached, snapshot)
         ctx.checkpoint("attached")
-        interface = _interface(host, conf, env, snapshot, dpdk)
+        interface, link = _interface(host, conf, env, snapshot, dpdk)
         own: Result = {"cniVersion": conf.cni_version, "interfaces": [interface]}
         if conf.ipam is not None:
             ipam_request = _ipam_request(conf.ipam["type"], stdin, conf.cni_version, env)
@@ -793,8 +756,8 @@ def _attach_and_address(
                 own["routes"] = allocated["routes"]
             if allocated.get("dns"):
                 own["dns"] = allocated["dns"]
-            if not dpdk:
-                ctx.ip.configure(netns, ifname, ips, own.get("routes", []))
+            if link is not None:
+                ipconfig.configure(host.netlink, netns, link, ips, own.get("routes", []))
                 ctx.checkpoint("addressed")
         result = _chain(conf.prev_result, own)
         ctx.cache.write(
@@ -828,20 +791,21 @@ def _attach_and_address(
 
 def _interface(
     host: Host, conf: NetConf, env: Environment, snapshot: AttachSnapshot, dpdk: bool
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], LinkInfo | None]:
+    """The result's interface entry, and the interface in the pod (None for DPDK)."""
     netns, ifname = _need(env.netns, "CNI_NETNS"), _need(env.ifname, "CNI_IFNAME")
     interface: dict[str, Any] = {"name": ifname, "sandbox": netns, "pciID": str(snapshot.vf)}
     if not dpdk:
         link = host.netlink.get_link(ifname, netns)
         interface["mac"] = link.mac
         interface["mtu"] = link.mtu
-        return interface
+        return interface, link
     mac = conf.mac or snapshot.vf_state.mac
     if mac and mac != ZERO_MAC:
         interface["mac"] = mac
     with contextlib.suppress(KernelError):
         interface["mtu"] = host.netlink.get_link(snapshot.pf_netdev).mtu
-    return interface
+    return interface, None
 
 
 def _chain(prev: Result | None, own: Result) -> Result:
@@ -1041,7 +1005,8 @@ def _check_interface(ctx: Context, env: Environment, conf: NetConf, held: _Held)
         problems.append(f"{ifname} has MAC {link.mac}, the configuration asks {conf.mac}")
     wanted = [ip for ip in prev.get("ips", []) if ip.get("interface") == mine[0]]
     if wanted:
-        present = set(ctx.ip.addresses(netns, ifname))
+        nl = ctx.host.netlink
+        present = ipconfig.addresses(nl, netns, link)
         problems += [
             f"address {ip['address']} is missing on {ifname}"
             for ip in wanted
@@ -1049,8 +1014,8 @@ def _check_interface(ctx: Context, env: Environment, conf: NetConf, held: _Held)
         ]
         routes = prev.get("routes", [])
         if routes:
-            planned = plan_routes(wanted, routes)
-            have = set(ctx.ip.routes(netns, ifname))
+            planned = ipconfig.plan_routes(wanted, routes)
+            have = ipconfig.route_keys(nl, netns, link)
             # only routes through this interface's gateways can be this plugin's
             gateways = {ip.get("gateway") for ip in wanted}
             problems += [

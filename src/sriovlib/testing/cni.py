@@ -1,9 +1,9 @@
 """Testing kit for the CNI plugin: fakes, veth-backed VFs, cnitool and the reference plugins.
 
-**Unit tier.** :class:`FakeIpam` (an in-memory host-local) and :class:`FakeIp` (addresses
-and routes on :class:`~sriovlib.testing.fakenetlink.FakeNetlink` links) let
-:func:`sriovlib.cni.__main__.run` run every command in-process on a fake node; see
-:func:`fake_context`.
+**Unit tier.** :class:`FakeIpam` (an in-memory host-local) and
+:class:`~sriovlib.testing.fakenetlink.FakeNetlink` (which also keeps the addresses and
+routes of its links) let :func:`sriovlib.cni.__main__.run` run every command in-process
+on a fake node; see :func:`fake_context`.
 
 **Kernel tier: veth-backed VFs.** :class:`VethVfNetlink` is a
 :class:`~sriovlib.netlink.NetlinkBackend` for a node whose VFs are *fake PCI functions
@@ -11,9 +11,9 @@ with real netdevs*:
 
 - what is real: every VF netdev is one end of a real veth pair in a throw-away "host"
   namespace (the peer ends wait in a second namespace); moving it into the pod's
-  namespace, renaming it, its MAC, MTU, up state, addresses and routes are all done by
-  the real kernel (through :class:`~sriovlib.netlink.KernelNetlink` and the plugin's
-  own rtnetlink code), and the pod namespaces are real;
+  namespace, renaming it, its MAC, MTU, up state, addresses, routes and sysctls are all
+  done by the real kernel (through :class:`~sriovlib.netlink.KernelNetlink`), and the
+  pod namespaces are real;
 - what is fake: the PCI side. A :class:`~sriovlib.testing.FakeSysfs` tree describes the
   PF and its VFs, and the VF settings a PF driver keeps (admin MAC, VLAN, QoS, protocol,
   spoofchk, trust, link state, rates) live in a JSON file next to it, updated under
@@ -58,15 +58,22 @@ import attrs
 
 from sriovlib.cni.commands import Context
 from sriovlib.cni.ipam import IpamRequest
-from sriovlib.cni.ipconfig import Route, plan_routes
 from sriovlib.cni.protocol import CniError, Result
 from sriovlib.models import ZERO_MAC, PciAddress, VfLinkState, VfState, VlanProto
-from sriovlib.netlink import KernelError, KernelNetlink, LinkInfo, NetnsRef, kernel_error
+from sriovlib.netlink import (
+    RT_TABLE_MAIN,
+    IpInterface,
+    KernelNetlink,
+    LinkInfo,
+    LinkSysctl,
+    NetnsRef,
+    Route,
+    kernel_error,
+)
 from sriovlib.testing.builder import FakeSysfs
 from sriovlib.testing.fakenetlink import FakeNetlink
 
 __all__ = [
-    "FakeIp",
     "FakeIpam",
     "ToolUnavailable",
     "VethNode",
@@ -157,55 +164,6 @@ class FakeIpam:
         self._enter("STATUS", request)
 
 
-class FakeIp:
-    """Addresses and routes on :class:`FakeNetlink` links, kept in memory.
-
-    The interface must exist in the namespace; its addresses are forgotten when it
-    leaves (as the kernel flushes them when a link changes namespace), which
-    :meth:`addresses` notices by the link's ifindex.
-    """
-
-    def __init__(self, kernel: FakeNetlink) -> None:
-        self.kernel = kernel
-        self._state: dict[tuple[str, str], tuple[int, list[str], list[Route]]] = {}
-
-    def _link(self, netns: str, ifname: str) -> LinkInfo:
-        try:
-            return self.kernel.link(ifname, netns)
-        except KernelError:
-            raise CniError(103, f"no interface {ifname!r} in network namespace {netns}") from None
-
-    def configure(
-        self,
-        netns: str,
-        ifname: str,
-        ips: Sequence[dict[str, Any]],
-        routes: Sequence[dict[str, Any]],
-    ) -> None:
-        """Record the addresses and planned routes."""
-        link = self._link(netns, ifname)
-        planned = [(r["dst"], r.get("gw")) for r in plan_routes(ips, routes)]
-        self._state[(netns, ifname)] = (link.index, [ip["address"] for ip in ips], planned)
-
-    def _current(self, netns: str, ifname: str) -> tuple[list[str], list[Route]]:
-        link = self._link(netns, ifname)
-        index, addresses, routes = self._state.get((netns, ifname), (link.index, [], []))
-        return (addresses, routes) if index == link.index else ([], [])
-
-    def addresses(self, netns: str, ifname: str) -> tuple[str, ...]:
-        """The recorded addresses while the same link is there."""
-        return tuple(self._current(netns, ifname)[0])
-
-    def routes(self, netns: str, ifname: str) -> tuple[Route, ...]:
-        """The recorded routes while the same link is there."""
-        return tuple(self._current(netns, ifname)[1])
-
-    def remove_address(self, netns: str, ifname: str, address: str) -> None:
-        """Tamper with an interface (for CHECK tests)."""
-        index, addresses, routes = self._state[(netns, ifname)]
-        self._state[(netns, ifname)] = (index, [a for a in addresses if a != address], routes)
-
-
 def fake_context(
     kernel: FakeNetlink,
     state_dir: str | os.PathLike[str],
@@ -219,7 +177,6 @@ def fake_context(
         host_factory=lambda: host,
         state_dir=Path(state_dir),
         ipam=ipam if ipam is not None else FakeIpam(),
-        ip=FakeIp(kernel),
         lock_timeout=lock_timeout,
     )
 
@@ -391,6 +348,37 @@ class VethVfNetlink:
     def delete_altname(self, index: int, altname: str, netns: NetnsRef | None = None) -> None:
         """Drop an altname (real kernel)."""
         self.kernel.delete_altname(index, altname, netns)
+
+    def add_address(
+        self,
+        index: int,
+        address: IpInterface,
+        netns: NetnsRef | None = None,
+        *,
+        replace: bool = False,
+    ) -> None:
+        """Add an address (real kernel)."""
+        self.kernel.add_address(index, address, netns, replace=replace)
+
+    def addresses(self, index: int, netns: NetnsRef | None = None) -> tuple[IpInterface, ...]:
+        """A link's addresses (real kernel)."""
+        return self.kernel.addresses(index, netns)
+
+    def add_route(self, index: int, route: Route, netns: NetnsRef | None = None) -> None:
+        """Add a route (real kernel)."""
+        self.kernel.add_route(index, route, netns)
+
+    def routes(
+        self, index: int, netns: NetnsRef | None = None, *, table: int = RT_TABLE_MAIN
+    ) -> tuple[Route, ...]:
+        """A link's routes (real kernel)."""
+        return self.kernel.routes(index, netns, table=table)
+
+    def set_link_sysctl(
+        self, name: str, key: LinkSysctl, value: int, netns: NetnsRef | None = None
+    ) -> None:
+        """Set a per-interface sysctl (real kernel)."""
+        self.kernel.set_link_sysctl(name, key, value, netns)
 
     def eswitch_mode(self, pci_address: str) -> str | None:
         """Fake PFs have no devlink."""

@@ -27,7 +27,18 @@ It enforces the kernel's rules rather than accepting everything:
   on kernel 6.1); a move into a namespace with the new name in one request renames in the
   target, and fails before moving when the current and the new name are both taken
   there; moving closes the link; deleting a namespace sends physical netdevs back to the
-  host under their name, or ``devN`` when that is taken, and destroys virtual ones.
+  host under their name, or ``devN`` when that is taken, and destroys virtual ones;
+- addresses, routes and per-interface sysctls belong to a link in its namespace, as the
+  kernel has them (measured on kernel 6.x with veths, ``tests/kernel/test_addresses.py``
+  runs the same cases on both): a link that changes namespace loses all three; taking a
+  link down drops the routes through it and its IPv6 addresses (IPv4 addresses stay);
+  an address already there is EEXIST unless replaced (IPv4: same address and prefix
+  length; IPv6: same address); the same route twice is EEXIST; a route needs the link up
+  (ENETDOWN) and an on-link gateway — inside the prefix of one of the link's addresses
+  or of a route onto the link, or IPv6 link-local — else ENETUNREACH (IPv4) or
+  EHOSTUNREACH (IPv6); a missing interface is ENODEV (ENOENT for a sysctl). The
+  kernel's own prefix routes are listed while the link is up; IPv6 link-local addresses
+  are not made up.
 
 Every request is counted in :attr:`FakeNetlink.requests` (same kinds as
 :class:`~sriovlib.netlink.KernelNetlink`), and :meth:`FakeNetlink.fail` injects an errno
@@ -38,6 +49,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import ipaddress
 import os
 import shutil
 import threading
@@ -48,7 +60,18 @@ from typing import TYPE_CHECKING
 import attrs
 
 from sriovlib.models import ZERO_MAC, PciAddress, VfLinkState, VfState, VlanProto
-from sriovlib.netlink import KernelError, LinkInfo, NetnsRef, kernel_error
+from sriovlib.netlink import (
+    LINK_SYSCTLS,
+    RT_TABLE_MAIN,
+    IpAddress,
+    IpInterface,
+    KernelError,
+    LinkInfo,
+    LinkSysctl,
+    NetnsRef,
+    Route,
+    kernel_error,
+)
 from sriovlib.testing.builder import FakeSysfs
 
 if TYPE_CHECKING:
@@ -122,6 +145,7 @@ DRIVER_RULES: dict[str, DriverRules] = {
 PERMISSIVE = DriverRules("generic")
 
 _MIN_MTU = 68
+_RT_SCOPE_LINK = 253
 _USERSPACE = ("vfio-pci", "uio_pci_generic", "igb_uio")
 
 
@@ -152,6 +176,32 @@ class _Link:
     virtual: bool
     altnames: list[str] = attrs.field(factory=list)
     stash: Path | None = None  # sysfs directory while the link is out of the host
+    addresses: list[IpInterface] = attrs.field(factory=list)
+    routes: list[Route] = attrs.field(factory=list)  # added ones (not the prefix routes)
+    sysctls: dict[str, int] = attrs.field(factory=dict)
+
+    def flush(self) -> None:
+        """What the kernel drops when the link changes namespace."""
+        self.addresses.clear()
+        self.routes.clear()
+        self.sysctls.clear()
+
+    def prefix_routes(self) -> list[Route]:
+        """The kernel's own routes to the prefixes of the link's addresses (while up)."""
+        if not self.up:
+            return []
+        networks = [a.network for a in self.addresses if a.network.prefixlen < a.max_prefixlen]
+        return [Route(network) for network in dict.fromkeys(networks)]
+
+    def on_link(self, gateway: IpAddress) -> bool:
+        """Whether *gateway* can be reached straight over this link."""
+        if not self.up:
+            return False
+        own = [a.ip for a in self.addresses if a.version == 4]
+        onto = [r.dst for r in self.prefix_routes() + self.routes if r.gateway is None]
+        return gateway in own or any(
+            net.version == gateway.version and gateway in net for net in onto
+        )
 
 
 @attrs.define
@@ -244,6 +294,7 @@ class FakeNetlink:
                 ):
                     link.name = f"dev{link.index}"
                 link.up = False
+                link.flush()
                 self._enter_host(link)
 
     def add_link(
@@ -281,6 +332,21 @@ class FakeNetlink:
         """The names of the links in *netns*, sorted (for assertions)."""
         with self._lock:
             return tuple(sorted(link.name for link in self._in(self._ns(netns, "list"))))
+
+    def sysctls(self, name: str, netns: NetnsRef | None = None) -> dict[str, int]:
+        """The per-interface sysctls set on a link (for assertions; not counted)."""
+        with self._lock:
+            return dict(self._by_name(self._ns(netns, "look up"), name, "look up").sysctls)
+
+    def remove_address(
+        self, name: str, address: str | IpInterface, netns: NetnsRef | None = None
+    ) -> None:
+        """Take an address off a link, as someone tampering with a pod would (a test
+        helper; not counted)."""
+        with self._lock:
+            link = self._by_name(self._ns(netns, "delete address"), name, "delete address")
+            gone = ipaddress.ip_interface(address)
+            link.addresses = [a for a in link.addresses if a != gone]
 
     def vf_state(self, pf: PciAddress, index: int) -> VfState:
         """A VF's settings without counting a request (for assertions)."""
@@ -572,6 +638,9 @@ class FakeNetlink:
                     raise kernel_error(errno.EINVAL, f"set mtu {mtu}", link.name)
                 link.mtu = mtu
             if up is not None:
+                if link.up and not up:
+                    link.routes.clear()
+                    link.addresses = [a for a in link.addresses if a.version == 4]
                 link.up = up
             self._sync(link)
 
@@ -619,6 +688,7 @@ class FakeNetlink:
             if source == self._home:
                 self._leave_host(link)
             link.ns, link.up, link.name = into, False, current
+            link.flush()
             if into == self._home:
                 self._enter_host(link)
             if name != link.name:
@@ -647,6 +717,93 @@ class FakeNetlink:
                 raise kernel_error(errno.EEXIST, f"add altname {altname!r}", link.name)
             link.altnames.append(altname)
 
+    # -- NetlinkBackend: addresses, routes, sysctls ------------------------------------
+
+    def add_address(
+        self,
+        index: int,
+        address: IpInterface,
+        netns: NetnsRef | None = None,
+        *,
+        replace: bool = False,
+    ) -> None:
+        """Add an address: ENODEV without the link, EEXIST when it is there already
+        (unless *replace*: then it is updated)."""
+        with self._lock:
+            operation, device = f"add address {address}", f"ifindex {index}"
+            self._request("add_addr", str(address), operation, device)
+            link = self._by_index(self._ns(netns, operation), index, operation)
+            for i, present in enumerate(link.addresses):
+                if _same_address(present, address):
+                    if not replace:
+                        raise kernel_error(errno.EEXIST, operation, link.name)
+                    link.addresses[i] = address
+                    return
+            link.addresses.append(address)
+
+    def addresses(self, index: int, netns: NetnsRef | None = None) -> tuple[IpInterface, ...]:
+        """The link's addresses, IPv4 first (one request; none for a missing link, as
+        a dump has no error for that)."""
+        with self._lock:
+            self._request("dump_addr", "", "list addresses", f"ifindex {index}")
+            link = self._links.get(index)
+            if link is None or link.ns != self._ns(netns, "list addresses"):
+                return ()
+            return tuple(sorted(link.addresses, key=lambda a: a.version))
+
+    def add_route(self, index: int, route: Route, netns: NetnsRef | None = None) -> None:
+        """Add a route under the kernel's rules (see the module documentation)."""
+        with self._lock:
+            operation, device = f"add route {route}", f"ifindex {index}"
+            self._request("add_route", str(route), operation, device)
+            link = self._by_index(self._ns(netns, operation), index, operation)
+            gateway = route.gateway
+            if gateway is None or (gateway.version == 6 and gateway.is_link_local):
+                if not link.up:
+                    raise kernel_error(errno.ENETDOWN, operation, link.name)
+            elif gateway.version == 4 and route.effective_scope >= _RT_SCOPE_LINK:
+                raise kernel_error(
+                    errno.ENETUNREACH, operation, link.name, detail="a gateway needs a wider scope"
+                )
+            elif not link.on_link(gateway):
+                code = errno.ENETUNREACH if gateway.version == 4 else errno.EHOSTUNREACH
+                raise kernel_error(code, operation, link.name, detail="gateway not on-link")
+            entry = attrs.evolve(route, scope=route.effective_scope)
+            if entry in link.routes:
+                raise kernel_error(errno.EEXIST, operation, link.name)
+            link.routes.append(entry)
+
+    def routes(
+        self, index: int, netns: NetnsRef | None = None, *, table: int = RT_TABLE_MAIN
+    ) -> tuple[Route, ...]:
+        """The routes through the link in *table*, its prefix routes included (one
+        request), IPv4 first."""
+        with self._lock:
+            self._request("dump_route", "", "list routes", f"ifindex {index}")
+            link = self._links.get(index)
+            if link is None or link.ns != self._ns(netns, "list routes"):
+                return ()
+            found = [r for r in link.prefix_routes() if r.table == table] + [
+                Route(r.dst, r.gateway, table=r.table) for r in link.routes if r.table == table
+            ]
+            return tuple(sorted(found, key=lambda r: r.dst.version))
+
+    def set_link_sysctl(
+        self, name: str, key: LinkSysctl, value: int, netns: NetnsRef | None = None
+    ) -> None:
+        """Set a per-interface sysctl: ENOENT without the link (not a netlink request:
+        not counted, but ``fail("sysctl", ...)`` applies)."""
+        with self._lock:
+            operation = f"set {key} to {value}"
+            if not name or "/" in name or name in (".", "..") or key not in LINK_SYSCTLS:
+                raise kernel_error(errno.EINVAL, operation, repr(name))
+            self._inject("sysctl", key, operation, name)
+            key_ns = self._ns(netns, operation)
+            link = next((x for x in self._in(key_ns) if x.name == name), None)
+            if link is None:
+                raise kernel_error(errno.ENOENT, operation, name)
+            link.sysctls[key] = int(value)
+
     def eswitch_mode(self, pci_address: str) -> str | None:
         """``switchdev`` for a PF with a switch id, ``legacy`` otherwise; None for
         drivers without devlink (igb) and for unknown devices."""
@@ -673,6 +830,9 @@ class FakeNetlink:
 
     def _request(self, kind: str, detail: str, operation: str, device: str) -> None:
         self.requests[kind] += 1
+        self._inject(kind, detail, operation, device)
+
+    def _inject(self, kind: str, detail: str, operation: str, device: str) -> None:
         for failure in self._failures:
             if failure.kind == kind and failure.times > 0 and failure.match(detail):
                 failure.times -= 1
@@ -888,6 +1048,14 @@ class FakeNetlink:
         if link.stash is not None and link.stash.exists():
             shutil.rmtree(link.stash)
         del self._links[link.index]
+
+
+def _same_address(present: IpInterface, new: IpInterface) -> bool:
+    """Whether the kernel takes *new* for *present*: IPv4 by address and prefix length,
+    IPv6 by address alone."""
+    if present.version != new.version or present.ip != new.ip:
+        return False
+    return new.version == 6 or present.network.prefixlen == new.network.prefixlen
 
 
 def _key(ref: NetnsRef | Path) -> tuple[int, int]:
