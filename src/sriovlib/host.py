@@ -47,7 +47,14 @@ from sriovlib.netlink import (
     Unsupported,
     kernel_error,
 )
-from sriovlib.plugins.types import DeviceType, EswitchMode, MacFixup, Severity, StepKind
+from sriovlib.plugins.types import (
+    DeviceType,
+    EswitchMode,
+    MacFixup,
+    NumVfsPlan,
+    Severity,
+    StepKind,
+)
 from sriovlib.sysfs import Inventory, Sysfs, SysfsWriter, check_netdev_name
 
 if TYPE_CHECKING:
@@ -253,17 +260,14 @@ class Host:
             VfsNotReady: the VFs or netdevs did not appear in time.
         """
         parent = self._fresh_pf(pf)
-        hooks = self.hooks(parent)
         operation = f"set sriov_numvfs to {count}"
         device = _pf_label(parent)
-        self._check_count(parent, hooks, count, operation)
         before = self.sysfs.num_vfs(parent.address)
-        plan = hooks.numvfs_plan(before, count, eswitch_mode)
+        plan = self.plan_num_vfs(parent, count, eswitch_mode=eswitch_mode)
         if not plan.steps:
             return NumVfsChange(
                 parent.address, before, count, (), 0.0, self.sysfs.vfs_of(parent.address)
             )
-        self._check_plan_possible(parent, plan.needs_reboot, plan.steps, operation, plan.note)
         if before and plan.disruptive:
             busy = [vf for vf in self.sysfs.vfs_of(parent.address) if self._in_use(vf)]
             if busy and not force:
@@ -301,6 +305,29 @@ class Host:
         return NumVfsChange(
             parent.address, before, count, tuple(writes), round(time.monotonic() - started, 3), vfs
         )
+
+    def plan_num_vfs(
+        self,
+        pf: PhysicalFunction | str | PciAddress,
+        count: int,
+        *,
+        eswitch_mode: EswitchMode | None = None,
+    ) -> NumVfsPlan:
+        """What :meth:`set_num_vfs` would do, without doing it.
+
+        Checks *count* against ``sriov_totalvfs`` and the vendor plugin's limit and asks
+        the plugin for the steps; raises exactly what ``set_num_vfs`` would raise before
+        its first write (a count above a limit, a plan needing a reboot or an eswitch
+        mode sriovlib cannot set). An empty plan means nothing would change.
+        """
+        parent = self._fresh_pf(pf)
+        hooks = self.hooks(parent)
+        operation = f"set sriov_numvfs to {count}"
+        self._check_count(parent, hooks, count, operation)
+        plan = hooks.numvfs_plan(self.sysfs.num_vfs(parent.address), count, eswitch_mode)
+        if plan.steps:
+            self._check_plan_possible(parent, plan.needs_reboot, plan.steps, operation, plan.note)
+        return plan
 
     def _check_count(
         self, pf: PhysicalFunction, hooks: PfHooks, count: int, operation: str

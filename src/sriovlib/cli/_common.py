@@ -40,15 +40,21 @@ def add_host_options(parser: argparse.ArgumentParser, *, json: bool = True) -> N
 
 @contextmanager
 def open_host(args: argparse.Namespace) -> Iterator[Host]:
-    """The Host the options ask for; an example host lives in a temporary directory."""
+    """The Host the options ask for.
+
+    An example host lives in a temporary directory and runs on the fake kernel of
+    :mod:`sriovlib.testing`, so commands that change things (``numvfs``) work on it too,
+    under the kernel's rules, and leave nothing behind.
+    """
     if args.example is None:
         yield Host(args.sysfs_root)
         return
+    from sriovlib.testing.fakenetlink import FakeNetlink
     from sriovlib.testing.presets import build_example
 
     with tempfile.TemporaryDirectory(prefix="sriovlib-example-") as root:
-        build_example(args.example, root)
-        yield Host(root)
+        kernel = FakeNetlink(build_example(args.example, root))
+        yield Host(root, netlink=kernel, sysfs_writer=kernel)
 
 
 def print_json(data: Any) -> None:
