@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -38,6 +37,7 @@ from typing import Any, NamedTuple
 
 import attrs
 
+from sriovlib._files import TEMP_PREFIX, sync_directory, write_atomic
 from sriovlib.exceptions import SriovError
 from sriovlib.models import PciAddress
 from sriovlib.sysfs import check_netdev_name
@@ -65,7 +65,6 @@ DEFAULT_DIRECTORY = Path("/var/lib/sriovlib/allocations")
 RECORD_FORMAT = 1
 
 _LOCK = ".lock"
-_TEMP_PREFIX = ".tmp-"
 _RECORD_NAME = re.compile(
     r"(?P<vf>[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])@(?P<key>[0-9a-f]{24})\.json"
 )
@@ -670,7 +669,7 @@ class AllocationStore:
         entries = []
         for name in names:
             if name.startswith("."):
-                if clean and name.startswith(_TEMP_PREFIX):
+                if clean and name.startswith(TEMP_PREFIX):
                     (self.directory / name).unlink(missing_ok=True)
                 continue
             vf, at, rest = name.partition("@")
@@ -714,22 +713,7 @@ class AllocationStore:
             return None
 
     def _write(self, name: str, data: bytes) -> None:
-        temp = self.directory / f"{_TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(temp, self.directory / name)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        self._sync_directory()
+        write_atomic(self.directory / name, data)
 
     def _unlink(self, name: str) -> None:
         try:
@@ -737,11 +721,4 @@ class AllocationStore:
         except OSError as e:
             if e.errno != errno.ENOENT:
                 raise
-        self._sync_directory()
-
-    def _sync_directory(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        sync_directory(self.directory)

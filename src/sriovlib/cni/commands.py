@@ -33,7 +33,6 @@ import importlib
 import json
 import logging
 import os
-import secrets
 import signal
 import sys
 import time
@@ -44,6 +43,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from sriovlib._files import write_atomic
 from sriovlib.allocation import (
     AllocationError,
     AllocationStore,
@@ -270,19 +270,12 @@ class AttachmentCache:
         return found
 
     def write(self, entry: dict[str, Any]) -> None:
-        """Write atomically (temporary file, fsync, rename), readable by root only."""
+        """Write atomically (see :func:`sriovlib._files.write_atomic`), root only."""
         path = self.path(entry["network"], entry["containerID"], entry["ifname"])
         data = json.dumps({"format": _CACHE_FORMAT, **entry}, indent=2).encode() + b"\n"
         try:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            temp = self.directory / f".tmp-{os.getpid()}-{secrets.token_hex(4)}"
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(temp, path)
+            write_atomic(path, data, mode=0o600)
         except OSError as e:
             raise CniError(STATE_ERROR, f"cannot write {path}", str(e)) from None
 
