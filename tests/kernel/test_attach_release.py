@@ -85,6 +85,11 @@ def ip(*args: str) -> str:
     return result.stdout
 
 
+def add_host_net1(node: Node) -> None:
+    """Give the host an interface named net1 (a veth), the name the pod will use."""
+    ip("-n", node.host_ns, "link", "add", "name", "net1", "type", "veth", "peer", "name", "net1p")
+
+
 def link(ns: str, name: str) -> dict[str, Any] | None:
     """``ip -j link show`` of one link, as iproute2 sees it (None if absent)."""
     result = subprocess.run(
@@ -161,19 +166,7 @@ class TestAttach:
 
     def test_name_of_a_host_interface(self, node: Node) -> None:
         """The host has net1; the VF becomes net1 in the pod anyway, with MAC/MTU, up."""
-        ip(
-            "-n",
-            node.host_ns,
-            "link",
-            "add",
-            "name",
-            "net1",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "net1p",
-        )
+        add_host_net1(node)
         host_net1 = link(node.host_ns, "net1")
         node.host.attach(node.vf(0), node.pod, "net1", mac="02:aa:00:00:00:01", mtu=1400)
         inside = link(node.pod_ns, "net1")
@@ -237,19 +230,7 @@ class TestRelease:
 
     def test_restores_name_mac_and_mtu(self, node: Node) -> None:
         """After a round trip the VF netdev is back under its name with MAC and MTU."""
-        ip(
-            "-n",
-            node.host_ns,
-            "link",
-            "add",
-            "name",
-            "net1",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "net1p",
-        )
+        add_host_net1(node)
         before = link(node.host_ns, "pf0v0")
         snapshot = node.host.attach(
             node.vf(0),
@@ -303,19 +284,7 @@ class TestRelease:
     def test_host_name_taken_meanwhile(self, node: Node) -> None:
         """Someone took the VF's host name: it comes back under a kernel-chosen name, with
         its MAC and MTU, and the report says why."""
-        ip(
-            "-n",
-            node.host_ns,
-            "link",
-            "add",
-            "name",
-            "net1",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "net1p",
-        )
+        add_host_net1(node)
         snapshot = node.host.attach(node.vf(0), node.pod, "net1", mtu=1400)
         ip(
             "-n",
