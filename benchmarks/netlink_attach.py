@@ -24,34 +24,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from sriovlib.host import Host
 from sriovlib.netlink import KernelNetlink, _codec, _vf_state, _vfinfo_chunks
 from sriovlib.testing import FakeSysfs, add_nic_model
-from sriovlib.testing.fakenetlink import FakeNetlink
-
-_VF_SETTINGS = {
-    "vf_states",
-    "set_vf_mac",
-    "set_vf_vlan",
-    "set_vf_rate",
-    "set_vf_spoofchk",
-    "set_vf_trust",
-    "set_vf_link_state",
-    "set_vf_query_rss",
-    "eswitch_mode",
-}
-
-
-class VethKernel:
-    """Links from the real kernel, VF settings from the fake kernel."""
-
-    def __init__(self, real: KernelNetlink, fake: FakeNetlink) -> None:
-        self.real, self.fake = real, fake
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.fake if name in _VF_SETTINGS else self.real, name)
+from sriovlib.testing.fakenetlink import FakeNetlink, VethKernel
 
 
 def ip(*args: str) -> None:

@@ -19,22 +19,11 @@ from sriovlib.host import Host
 from sriovlib.models import AttachSnapshot, PciAddress, VfConfig
 from sriovlib.netlink import KernelError, KernelNetlink
 from sriovlib.testing import FakeSysfs, add_nic_model
-from sriovlib.testing.fakenetlink import FakeNetlink
+from sriovlib.testing.fakenetlink import FakeNetlink, VethKernel
 
 pytestmark = pytest.mark.kernel
 
 PF = PciAddress(0, 1, 0, 0)
-_VF_SETTINGS = {
-    "vf_states",
-    "set_vf_mac",
-    "set_vf_vlan",
-    "set_vf_rate",
-    "set_vf_spoofchk",
-    "set_vf_trust",
-    "set_vf_link_state",
-    "set_vf_query_rss",
-    "eswitch_mode",
-}
 _counter = itertools.count()
 
 
@@ -64,18 +53,6 @@ def _unavailable() -> str | None:
 
 
 _REASON = _unavailable()
-
-
-class VethKernel:
-    """Links from the real kernel (in the throw-away "host" namespace), VF settings from
-    the fake kernel (a veth has no VFs)."""
-
-    def __init__(self, real: KernelNetlink, fake: FakeNetlink) -> None:
-        self.real = real
-        self.fake = fake
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.fake if name in _VF_SETTINGS else self.real, name)
 
 
 def ip(*args: str) -> str:

@@ -77,7 +77,7 @@ from sriovlib.testing.builder import FakeSysfs
 if TYPE_CHECKING:
     from sriovlib.host import Host
 
-__all__ = ["DRIVER_RULES", "PERMISSIVE", "DriverRules", "FakeNetlink"]
+__all__ = ["DRIVER_RULES", "PERMISSIVE", "DriverRules", "FakeNetlink", "VethKernel"]
 
 
 @attrs.frozen
@@ -1091,3 +1091,34 @@ def _basename(link: Path) -> str | None:
         return os.path.basename(os.readlink(link))
     except OSError:
         return None
+
+
+#: The :class:`~sriovlib.netlink.NetlinkBackend` methods about VFs (the PF's VF list).
+VF_SETTINGS = frozenset(
+    {
+        "vf_states",
+        "set_vf_mac",
+        "set_vf_vlan",
+        "set_vf_rate",
+        "set_vf_spoofchk",
+        "set_vf_trust",
+        "set_vf_link_state",
+        "set_vf_query_rss",
+        "eswitch_mode",
+    }
+)
+
+
+class VethKernel:
+    """A backend for the kernel tier: links (veth pairs standing in for VF netdevs) from
+    the real kernel, VF settings from the fake kernel, since a veth has no VFs.
+
+    Use it as ``Host(fs.root, netlink=VethKernel(real, fake), sysfs_writer=fake)``.
+    """
+
+    def __init__(self, real: object, fake: FakeNetlink) -> None:
+        self.real = real
+        self.fake = fake
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.fake if name in VF_SETTINGS else self.real, name)

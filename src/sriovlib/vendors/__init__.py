@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from sriovlib.models import PciId, PhysicalFunction
-from sriovlib.plugins.types import PfMatch
+from sriovlib.plugins.types import PfMatch, VfLimit
 
-__all__ = ["claim"]
+__all__ = ["claim", "per_device_limit"]
 
 
 def claim(
@@ -24,3 +24,13 @@ def claim(
     if pf.ids in pf_ids:
         return PfMatch.by_pci_id(str(pf.ids))
     return None
+
+
+def per_device_limit(pf: PhysicalFunction, driver: str, maximum: int, hint: str = "") -> VfLimit:
+    """The usual ``sriovlib_vf_limit`` of a driver with a per-device cap: the lower of
+    ``sriov_totalvfs`` and *maximum*."""
+    return VfLimit(
+        min(maximum, pf.total_vfs),
+        f"sriov_totalvfs of {pf.name} is {pf.total_vfs} ({driver}: at most {maximum} per device)",
+        hint,
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sriovlib.models import PciId, PhysicalFunction, VfConfig
 from sriovlib.plugins import Issue, MacFixup, PfMatch, Severity, VfLimit, hookimpl
-from sriovlib.vendors import claim
+from sriovlib.vendors import claim, per_device_limit
 
 DRIVERS = ("i40e",)
 PF_IDS = tuple(
@@ -41,10 +41,10 @@ def sriovlib_match_pf(pf: PhysicalFunction) -> PfMatch | None:
 
 @hookimpl
 def sriovlib_vf_limit(pf: PhysicalFunction) -> VfLimit:
-    return VfLimit(
-        min(MAX_VFS_PER_DEVICE, pf.total_vfs),
-        f"sriov_totalvfs of {pf.name} is {pf.total_vfs} (i40e: at most "
-        f"{MAX_VFS_PER_DEVICE} per device)",
+    return per_device_limit(
+        pf,
+        "i40e",
+        MAX_VFS_PER_DEVICE,
         "the NVM's resource split may allow fewer; the driver then answers EPERM",
     )
 

@@ -18,7 +18,7 @@ from sriovlib.plugins import (
     VfLimit,
     hookimpl,
 )
-from sriovlib.vendors import claim
+from sriovlib.vendors import claim, per_device_limit
 
 DRIVERS = ("ice",)
 PF_IDS = tuple(
@@ -52,11 +52,7 @@ def sriovlib_match_pf(pf: PhysicalFunction) -> PfMatch | None:
 
 @hookimpl
 def sriovlib_vf_limit(pf: PhysicalFunction) -> VfLimit:
-    return VfLimit(
-        min(MAX_VFS_PER_DEVICE, pf.total_vfs),
-        f"sriov_totalvfs of {pf.name} is {pf.total_vfs} (ice: at most "
-        f"{MAX_VFS_PER_DEVICE} per device)",
-    )
+    return per_device_limit(pf, "ice", MAX_VFS_PER_DEVICE)
 
 
 @hookimpl
