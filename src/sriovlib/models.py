@@ -9,23 +9,35 @@ Every model is an immutable ``attrs`` value: a change is a new value made with
 from __future__ import annotations
 
 import enum
+import ipaddress
+import os
 import re
+from typing import Any, TypeAlias
 
 import attrs
 
 from sriovlib.exceptions import InvalidPciAddress, SriovError
 
 __all__ = [
+    "RT_SCOPE_LINK",
+    "RT_SCOPE_UNIVERSE",
+    "RT_TABLE_MAIN",
     "ZERO_MAC",
     "AttachSnapshot",
     "InvalidVfConfig",
+    "IpAddress",
+    "IpInterface",
+    "IpNetwork",
+    "LinkInfo",
     "LinkType",
+    "NetnsRef",
     "NetworkDevice",
     "NumVfsChange",
     "PciAddress",
     "PciId",
     "PhysicalFunction",
     "ReleaseReport",
+    "Route",
     "Switchdev",
     "VfCapabilities",
     "VfConfig",
@@ -639,3 +651,109 @@ class ReleaseReport:
     host_name: str | None
     restored: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+
+
+#: A network namespace: a path (``/run/netns/pod1``, ``/proc/PID/ns/net``) or an open fd.
+NetnsRef: TypeAlias = "str | os.PathLike[str] | int"
+#: An address with its prefix length, as on an interface (``10.0.0.2/24``).
+IpInterface: TypeAlias = "ipaddress.IPv4Interface | ipaddress.IPv6Interface"
+#: A route destination.
+IpNetwork: TypeAlias = "ipaddress.IPv4Network | ipaddress.IPv6Network"
+#: A gateway.
+IpAddress: TypeAlias = "ipaddress.IPv4Address | ipaddress.IPv6Address"
+#: The main routing table.
+RT_TABLE_MAIN = 254
+#: ``rtm_scope`` of a route through a gateway, and of one straight onto the link.
+RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
+
+
+# -- network interfaces, addresses and routes, as netlink reports them -------------------
+
+
+@attrs.frozen
+class LinkInfo:
+    """One network interface as netlink reports it.
+
+    Attributes:
+        index: The ifindex (in its namespace).
+        name: The interface name.
+        mac: The interface's own (effective) MAC address.
+        mtu: The MTU.
+        up: Whether it is administratively up (``IFF_UP``).
+        altnames: Alternative names.
+        parent: The parent device name, e.g. the PCI address ``0000:01:10.0`` of a VF
+            netdev (``IFLA_PARENT_DEV_NAME``); None for virtual devices or old kernels.
+    """
+
+    index: int
+    name: str
+    mac: str
+    mtu: int
+    up: bool
+    altnames: tuple[str, ...] = ()
+    parent: str | None = None
+
+
+def _network(value: str | IpNetwork) -> IpNetwork:
+    return ipaddress.ip_network(value, strict=False)
+
+
+def _gateway(value: str | IpAddress | None) -> IpAddress | None:
+    return None if value is None else ipaddress.ip_address(value)
+
+
+def _u32(_: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    if value is not None and not 0 <= value <= 0xFFFFFFFF:
+        raise ValueError(f"route {attribute.name} {value} is not a 32-bit unsigned number")
+
+
+@attrs.frozen
+class Route:
+    """One route through an interface.
+
+    Strings are accepted for *dst* and *gateway*; a destination with host bits set is
+    taken as its network (``10.1.2.3/16`` is ``10.1.0.0/16``), and a gateway of the
+    other address family is refused with ValueError.
+
+    Attributes:
+        dst: The destination network.
+        gateway: The next hop; None for a route straight onto the link.
+        table: The routing table (default main, 254).
+        scope: ``rtm_scope``; None for the usual one: universe (0) with a gateway, link
+            (253) without. (IPv6 routes have no scope: the kernel ignores it.)
+        priority: The metric; None for the kernel's default.
+        mtu / advmss: The route's MTU and advertised MSS metrics; None for none.
+
+    The routes :meth:`NetlinkBackend.routes` lists carry *dst*, *gateway* and *table*;
+    the options that only shape a new route (scope, priority, metrics) are left None.
+    """
+
+    dst: IpNetwork = attrs.field(converter=_network)
+    gateway: IpAddress | None = attrs.field(default=None, converter=_gateway)
+    table: int = attrs.field(default=RT_TABLE_MAIN, validator=_u32)
+    scope: int | None = attrs.field(default=None)
+    priority: int | None = attrs.field(default=None, validator=_u32)
+    mtu: int | None = attrs.field(default=None, validator=_u32)
+    advmss: int | None = attrs.field(default=None, validator=_u32)
+
+    @gateway.validator
+    def _same_family(self, _: attrs.Attribute[Any], value: IpAddress | None) -> None:
+        if value is not None and value.version != self.dst.version:
+            raise ValueError(f"gateway {value} is not an IPv{self.dst.version} address")
+
+    @scope.validator
+    def _scope_byte(self, _: attrs.Attribute[Any], value: int | None) -> None:
+        if value is not None and not 0 <= value <= 255:
+            raise ValueError(f"route scope {value} is not 0-255")
+
+    @property
+    def effective_scope(self) -> int:
+        """The scope the route is added with (:attr:`scope`, or its default)."""
+        if self.scope is not None:
+            return self.scope
+        return RT_SCOPE_UNIVERSE if self.gateway is not None else RT_SCOPE_LINK
+
+    def __str__(self) -> str:
+        via = f"via {self.gateway}" if self.gateway is not None else "via link"
+        table = "" if self.table == RT_TABLE_MAIN else f" table {self.table}"
+        return f"{self.dst} {via}{table}"

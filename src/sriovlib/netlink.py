@@ -65,10 +65,28 @@ import struct
 import threading
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, TypeVar
 
-import attrs
-
-from sriovlib.exceptions import SriovError
-from sriovlib.models import ZERO_MAC, VfLinkState, VfState, VlanProto
+from sriovlib.exceptions import (
+    Busy,
+    InvalidValue,
+    KernelError,
+    KernelNotFound,
+    Unsupported,
+    errno_name,
+    kernel_error,
+)
+from sriovlib.models import (
+    RT_TABLE_MAIN,
+    ZERO_MAC,
+    IpAddress,
+    IpInterface,
+    IpNetwork,
+    LinkInfo,
+    NetnsRef,
+    Route,
+    VfLinkState,
+    VfState,
+    VlanProto,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -96,14 +114,6 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-#: A network namespace: a path (``/run/netns/pod1``, ``/proc/PID/ns/net``) or an open fd.
-NetnsRef: TypeAlias = "str | os.PathLike[str] | int"
-#: An address with its prefix length, as on an interface (``10.0.0.2/24``).
-IpInterface: TypeAlias = "ipaddress.IPv4Interface | ipaddress.IPv6Interface"
-#: A route destination.
-IpNetwork: TypeAlias = "ipaddress.IPv4Network | ipaddress.IPv6Network"
-#: A gateway.
-IpAddress: TypeAlias = "ipaddress.IPv4Address | ipaddress.IPv6Address"
 #: A per-interface network sysctl the backend can set (``family.name``).
 LinkSysctl: TypeAlias = Literal["ipv4.arp_notify", "ipv6.ndisc_notify"]
 #: Every :data:`LinkSysctl`, with the directory under ``/proc/sys/net`` it lives in.
@@ -111,212 +121,6 @@ LINK_SYSCTLS: dict[LinkSysctl, tuple[str, str]] = {
     "ipv4.arp_notify": ("ipv4", "arp_notify"),
     "ipv6.ndisc_notify": ("ipv6", "ndisc_notify"),
 }
-#: The main routing table.
-RT_TABLE_MAIN = 254
-
-
-# -- errors ---------------------------------------------------------------------------
-
-
-class KernelError(SriovError):
-    """The kernel refused an operation.
-
-    Attributes:
-        operation: What was asked, e.g. ``"set VF max_tx_rate"``.
-        device: What it was asked of, e.g. ``"eth0 vf 2"``.
-        errno: The kernel's errno (``errno.EOPNOTSUPP``...).
-        driver: The driver in charge, when known.
-        knob: The VF setting concerned, when there is one.
-    """
-
-    def __init__(
-        self,
-        operation: str,
-        device: str,
-        code: int,
-        *,
-        driver: str | None = None,
-        knob: str | None = None,
-        detail: str = "",
-    ) -> None:
-        self.operation = operation
-        self.device = device
-        self.errno = code
-        self.driver = driver
-        self.knob = knob
-        self.detail = detail
-        where = device if driver is None else f"{device} (driver {driver})"
-        message = f"{operation} on {where} failed: {os.strerror(code)} [{self.errno_name}]"
-        if detail:
-            message += f": {detail}"
-        super().__init__(message)
-
-    @property
-    def errno_name(self) -> str:
-        """The symbolic errno, e.g. ``EOPNOTSUPP``."""
-        return errno_name(self.errno)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (
-            _rebuild_error,
-            (
-                type(self),
-                self.operation,
-                self.device,
-                self.errno,
-                self.driver,
-                self.knob,
-                self.detail,
-            ),
-        )
-
-
-def errno_name(code: int) -> str:
-    """``EOPNOTSUPP`` for 95 (Python's table says ``ENOTSUP``, the same number on Linux)."""
-    if code == errno.EOPNOTSUPP:
-        return "EOPNOTSUPP"
-    return errno.errorcode.get(code, str(code))
-
-
-def _rebuild_error(cls: type[KernelError], *args: Any) -> KernelError:
-    operation, device, code, driver, knob, detail = args
-    return cls(operation, device, code, driver=driver, knob=knob, detail=detail)
-
-
-class KernelNotFound(KernelError, LookupError):
-    """The device, VF or namespace does not exist (ENODEV, ENOENT, ENXIO)."""
-
-
-class Unsupported(KernelError):
-    """The driver does not implement this (EOPNOTSUPP, EPROTONOSUPPORT, ENOSYS)."""
-
-
-class InvalidValue(KernelError, ValueError):
-    """The driver refused the value (EINVAL, ERANGE)."""
-
-
-class Busy(KernelError):
-    """The device is busy; trying again later may work (EBUSY, EAGAIN)."""
-
-
-_ERROR_CLASSES: dict[int, type[KernelError]] = {
-    errno.ENODEV: KernelNotFound,
-    errno.ENOENT: KernelNotFound,
-    errno.ENXIO: KernelNotFound,
-    errno.EOPNOTSUPP: Unsupported,
-    errno.EPROTONOSUPPORT: Unsupported,
-    errno.ENOSYS: Unsupported,
-    errno.EINVAL: InvalidValue,
-    errno.ERANGE: InvalidValue,
-    errno.EBUSY: Busy,
-    errno.EAGAIN: Busy,
-}
-
-
-def kernel_error(
-    code: int,
-    operation: str,
-    device: str,
-    *,
-    driver: str | None = None,
-    knob: str | None = None,
-    detail: str = "",
-) -> KernelError:
-    """The :class:`KernelError` subclass for errno *code* (the base class for others)."""
-    cls = _ERROR_CLASSES.get(code, KernelError)
-    return cls(operation, device, code, driver=driver, knob=knob, detail=detail)
-
-
-# -- the interface ----------------------------------------------------------------------
-
-
-@attrs.frozen
-class LinkInfo:
-    """One network interface as netlink reports it.
-
-    Attributes:
-        index: The ifindex (in its namespace).
-        name: The interface name.
-        mac: The interface's own (effective) MAC address.
-        mtu: The MTU.
-        up: Whether it is administratively up (``IFF_UP``).
-        altnames: Alternative names.
-        parent: The parent device name, e.g. the PCI address ``0000:01:10.0`` of a VF
-            netdev (``IFLA_PARENT_DEV_NAME``); None for virtual devices or old kernels.
-    """
-
-    index: int
-    name: str
-    mac: str
-    mtu: int
-    up: bool
-    altnames: tuple[str, ...] = ()
-    parent: str | None = None
-
-
-def _network(value: str | IpNetwork) -> IpNetwork:
-    return ipaddress.ip_network(value, strict=False)
-
-
-def _gateway(value: str | IpAddress | None) -> IpAddress | None:
-    return None if value is None else ipaddress.ip_address(value)
-
-
-def _u32(_: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
-    if value is not None and not 0 <= value <= 0xFFFFFFFF:
-        raise ValueError(f"route {attribute.name} {value} is not a 32-bit unsigned number")
-
-
-@attrs.frozen
-class Route:
-    """One route through an interface.
-
-    Strings are accepted for *dst* and *gateway*; a destination with host bits set is
-    taken as its network (``10.1.2.3/16`` is ``10.1.0.0/16``), and a gateway of the
-    other address family is refused with ValueError.
-
-    Attributes:
-        dst: The destination network.
-        gateway: The next hop; None for a route straight onto the link.
-        table: The routing table (default main, 254).
-        scope: ``rtm_scope``; None for the usual one: universe (0) with a gateway, link
-            (253) without. (IPv6 routes have no scope: the kernel ignores it.)
-        priority: The metric; None for the kernel's default.
-        mtu / advmss: The route's MTU and advertised MSS metrics; None for none.
-
-    The routes :meth:`NetlinkBackend.routes` lists carry *dst*, *gateway* and *table*;
-    the options that only shape a new route (scope, priority, metrics) are left None.
-    """
-
-    dst: IpNetwork = attrs.field(converter=_network)
-    gateway: IpAddress | None = attrs.field(default=None, converter=_gateway)
-    table: int = attrs.field(default=RT_TABLE_MAIN, validator=_u32)
-    scope: int | None = attrs.field(default=None)
-    priority: int | None = attrs.field(default=None, validator=_u32)
-    mtu: int | None = attrs.field(default=None, validator=_u32)
-    advmss: int | None = attrs.field(default=None, validator=_u32)
-
-    @gateway.validator
-    def _same_family(self, _: attrs.Attribute[Any], value: IpAddress | None) -> None:
-        if value is not None and value.version != self.dst.version:
-            raise ValueError(f"gateway {value} is not an IPv{self.dst.version} address")
-
-    @scope.validator
-    def _scope_byte(self, _: attrs.Attribute[Any], value: int | None) -> None:
-        if value is not None and not 0 <= value <= 255:
-            raise ValueError(f"route scope {value} is not 0-255")
-
-    @property
-    def effective_scope(self) -> int:
-        """The scope the route is added with (:attr:`scope`, or its default)."""
-        if self.scope is not None:
-            return self.scope
-        return _RT_SCOPE_UNIVERSE if self.gateway is not None else _RT_SCOPE_LINK
-
-    def __str__(self) -> str:
-        via = f"via {self.gateway}" if self.gateway is not None else "via link"
-        table = "" if self.table == RT_TABLE_MAIN else f" table {self.table}"
-        return f"{self.dst} {via}{table}"
 
 
 class NetlinkBackend(Protocol):
@@ -497,8 +301,6 @@ _RTAX_MTU = 2
 _RTAX_ADVMSS = 8
 _RTPROT_BOOT = 3
 _RTN_UNICAST = 1
-_RT_SCOPE_UNIVERSE = 0
-_RT_SCOPE_LINK = 253
 
 
 @functools.cache

@@ -59,7 +59,14 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from sriovlib.models import ZERO_MAC, PciAddress, VfLinkState, VfState, VlanProto
+from sriovlib.models import (
+    RT_SCOPE_LINK,
+    ZERO_MAC,
+    PciAddress,
+    VfLinkState,
+    VfState,
+    VlanProto,
+)
 from sriovlib.netlink import (
     LINK_SYSCTLS,
     RT_TABLE_MAIN,
@@ -145,7 +152,6 @@ DRIVER_RULES: dict[str, DriverRules] = {
 PERMISSIVE = DriverRules("generic")
 
 _MIN_MTU = 68
-_RT_SCOPE_LINK = 253
 _USERSPACE = ("vfio-pci", "uio_pci_generic", "igb_uio")
 
 
@@ -761,7 +767,7 @@ class FakeNetlink:
             if gateway is None or (gateway.version == 6 and gateway.is_link_local):
                 if not link.up:
                     raise kernel_error(errno.ENETDOWN, operation, link.name)
-            elif gateway.version == 4 and route.effective_scope >= _RT_SCOPE_LINK:
+            elif gateway.version == 4 and route.effective_scope >= RT_SCOPE_LINK:
                 raise kernel_error(
                     errno.ENETUNREACH, operation, link.name, detail="a gateway needs a wider scope"
                 )
