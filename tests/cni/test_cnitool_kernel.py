@@ -279,7 +279,7 @@ class TestFaultInjection:
         cnitool.configure(deviceID=str(node.vfs[2]), vlan=200, mac="02:00:00:00:03:03", trust="on")
         host_before, vfs_before = host_view(node), node.vf_states()
         pod = node.add_pod()
-        killed = cnitool("add", pod, SRIOVLIB_CNI_KILL_AT=step)
+        killed = cnitool("add", pod, SRIOVLIB_TEST_KILL_AT=step)
         assert 1 == killed.returncode
         assert "signal: killed" in killed.stderr
         deleted = cnitool("del", pod)
@@ -300,7 +300,7 @@ class TestFaultInjection:
         pod = node.add_pod()
         added = cnitool("add", pod)
         assert 0 == added.returncode, added.stderr
-        killed = cnitool("del", pod, SRIOVLIB_CNI_KILL_AT=step)
+        killed = cnitool("del", pod, SRIOVLIB_TEST_KILL_AT=step)
         assert 1 == killed.returncode
         assert "signal: killed" in killed.stderr
         deleted = cnitool("del", pod)

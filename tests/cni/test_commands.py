@@ -115,7 +115,7 @@ class TestAdd:
         assert "02:00:00:00:00:07" == result["interfaces"][0]["mac"]
         record = AllocationStore(node.tmp / "state/allocations").get(node.vf(3))
         assert record is not None
-        assert record.original_state["cni"]["dpdk"] is True
+        assert record.original_state["attachment"]["dpdk"] is True
         status, _ = node.invoke("DEL", conf)
         assert 0 == status
         assert pristine(node, 3) == node.state(3)
@@ -522,9 +522,15 @@ class TestGcAndStatus:
         gc["cni.dev/valid-attachments"] = [{"containerID": 1}]
         assert 7 == node.invoke("GC", gc)[1]["code"]
 
-    def test_gc_ipam_predating_gc(self, node: Node) -> None:
-        """An IPAM plugin that does not know GC (code 4) does not fail GC."""
-        node.ipam.failures["GC"] = CniError(4, "unknown CNI_COMMAND: GC")
+    @pytest.mark.parametrize(
+        "error",
+        [CniError(4, "unknown CNI_COMMAND: GC"), CniError(3, "missing containerID")],
+        ids=["unknown-command", "missing-container-id"],
+    )
+    def test_gc_ipam_predating_gc(self, node: Node, error: CniError) -> None:
+        """An IPAM plugin that does not know GC (code 4, or code 3 for the container id
+        GC does not have, as Debian's host-local 1.1.1 answers) does not fail GC."""
+        node.ipam.failures["GC"] = error
         gc = node.conf(0, cniVersion="1.1.0")
         gc["cni.dev/valid-attachments"] = []
         assert (0, None) == node.invoke("GC", gc)
@@ -548,9 +554,19 @@ class TestGcAndStatus:
         node.ipam.failures["STATUS"] = CniError(999, "weird")
         assert 50 == node.invoke("STATUS", node.conf(0, cniVersion="1.1.0"))[1]["code"]
 
-    def test_status_ipam_predating_status(self, node: Node) -> None:
-        """An IPAM plugin that predates STATUS (code 1 or 4) counts as ready."""
-        node.ipam.failures["STATUS"] = CniError(1, "incompatible CNI versions")
+    @pytest.mark.parametrize(
+        "error",
+        [
+            CniError(1, "incompatible CNI versions"),
+            CniError(4, "unknown CNI_COMMAND: STATUS"),
+            CniError(3, "missing containerID"),
+        ],
+        ids=["incompatible", "unknown-command", "missing-container-id"],
+    )
+    def test_status_ipam_predating_status(self, node: Node, error: CniError) -> None:
+        """An IPAM plugin that predates STATUS (code 1, 4, or 3 for the container id
+        STATUS does not have) counts as ready."""
+        node.ipam.failures["STATUS"] = error
         assert (0, None) == node.invoke("STATUS", node.conf(0, cniVersion="1.1.0"))
 
     def test_status_needs_110(self, node: Node) -> None:

@@ -38,11 +38,14 @@ _VERSION_STDIN_WAIT = 0.05
 def run(
     environ: Mapping[str, str],
     read_stdin: Callable[[], bytes],
-    context: Context | None = None,
+    context: Context | Callable[[Mapping[str, str]], Context] | None = None,
 ) -> tuple[int, str]:
     """One invocation: the exit status and what to print on stdout.
 
-    Never raises (short of the interpreter dying): every failure becomes CNI error JSON.
+    *context* is what the command runs against, or a function that makes it from
+    *environ* (called only for commands that need one); default
+    :meth:`Context.from_environ <sriovlib.cni.commands.Context.from_environ>`. Never
+    raises (short of the interpreter dying): every failure becomes CNI error JSON.
     """
     version: str | None = None
     command = environ.get("CNI_COMMAND", "")
@@ -109,11 +112,15 @@ def _read_real_stdin(*, patient: bool) -> bytes:
     return stream.read()
 
 
-def main() -> int:
-    """The console script: run with this process's environment and stdin."""
+def main(context: Callable[[Mapping[str, str]], Context] | None = None) -> int:
+    """The console script: run with this process's environment and stdin.
+
+    The shipped ``sriov`` passes no *context* (the real node); the tests' entry point
+    :mod:`sriovlib.testing.cni_binary` passes one with its fakes.
+    """
     environ = os.environ
     patient = environ.get("CNI_COMMAND") != "VERSION"
-    status, output = run(environ, lambda: _read_real_stdin(patient=patient))
+    status, output = run(environ, lambda: _read_real_stdin(patient=patient), context)
     if output:
         try:
             sys.stdout.write(output + "\n")

@@ -1,45 +1,28 @@
-"""An IPAM result, translated into address and route calls on the netlink backend.
+"""An IPAM result, translated into the addresses and routes the attachment service sets.
 
-The kernel work — ``RTM_NEWADDR``/``RTM_NEWROUTE`` and their dumps in the pod's
-namespace, the per-interface sysctls — is :mod:`sriovlib.netlink`'s
-(:meth:`~sriovlib.netlink.NetlinkBackend.add_address`,
-:meth:`~sriovlib.netlink.NetlinkBackend.add_route`...; no pyroute2 import on that path).
-This module only decides what to ask, from the result's ``ips`` and ``routes``, and
-turns a refusal into the CNI error a runtime should see.
-
-What :func:`configure` does, in this order (as CNI's ``ConfigureIface``): every address
-on the interface; the interface's ``arp_notify`` and ``ndisc_notify`` sysctls (best
-effort, so neighbours learn the new addresses); every route through the interface, a
-route without ``gw`` going through the gateway of the first address of its family, or
-on-link when there is none. An address or route that already exists counts as done, so
-a repeated call is harmless.
+The kernel work — addresses, the ``arp_notify``/``ndisc_notify`` sysctls, routes, in the
+pod's namespace — is the Host's (:meth:`sriovlib.host.Host.configure_addresses`, called
+by the attachment service). This module only decides what to ask for, from the result's
+``ips`` and ``routes`` (:func:`address_plan`), and reads back what CHECK compares: a
+route without ``gw`` goes through the gateway of the first address of its family, or
+on-link when there is none.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import ipaddress
 from collections.abc import Sequence
 from typing import Any
 
+from sriovlib.attachments import AddressPlan
 from sriovlib.cni.protocol import KERNEL_REFUSED, CniError
-from sriovlib.netlink import (
-    RT_TABLE_MAIN,
-    KernelError,
-    LinkInfo,
-    LinkSysctl,
-    NetlinkBackend,
-    Route,
-)
+from sriovlib.host import Host
+from sriovlib.models import RT_TABLE_MAIN, LinkInfo, Route
 
-__all__ = ["NOTIFY_SYSCTLS", "RouteKey", "addresses", "configure", "plan_routes", "route_keys"]
+__all__ = ["RouteKey", "address_plan", "addresses", "plan_routes", "route_keys"]
 
 #: One route as CHECK compares them: (destination CIDR, gateway or None).
 RouteKey = tuple[str, str | None]
-
-#: The sysctls that make the interface announce new addresses (gratuitous ARP, NA).
-NOTIFY_SYSCTLS: tuple[LinkSysctl, ...] = ("ipv4.arp_notify", "ipv6.ndisc_notify")
 
 
 def plan_routes(
@@ -64,7 +47,7 @@ def plan_routes(
 
 def _route(entry: dict[str, Any]) -> Route:
     """A result ``routes`` entry (``dst``, ``gw``; 1.1.0 adds ``mtu``, ``advmss``,
-    ``priority``, ``table``, ``scope``) as a :class:`Route`."""
+    ``priority``, ``table``, ``scope``) as a :class:`~sriovlib.models.Route`."""
     return Route(
         entry["dst"],
         entry.get("gw") or None,
@@ -76,58 +59,40 @@ def _route(entry: dict[str, Any]) -> Route:
     )
 
 
-def configure(
-    nl: NetlinkBackend,
-    netns: str,
-    link: LinkInfo,
-    ips: Sequence[dict[str, Any]],
-    routes: Sequence[dict[str, Any]],
-) -> None:
-    """Put *ips* (result ``ips`` entries) and *routes* (result ``routes``) on *link*,
-    the interface in *netns*.
+def address_plan(ips: Sequence[dict[str, Any]], routes: Sequence[dict[str, Any]]) -> AddressPlan:
+    """What to put on the interface for a result's *ips* and *routes*.
 
     Raises:
-        CniError: code 103 (the kernel refused an address or a route).
+        CniError: code 103, naming an address or a route no kernel could take.
     """
-    planned = plan_routes(ips, routes)
-    try:
-        for ip in ips:
-            try:
-                address = ipaddress.ip_interface(ip["address"])
-                nl.add_address(link.index, address, netns, replace=True)
-            except (KernelError, ValueError) as e:
-                raise CniError(
-                    KERNEL_REFUSED, f"adding address {ip['address']} failed", str(e)
-                ) from None
-        for key in NOTIFY_SYSCTLS:
-            with contextlib.suppress(KernelError):
-                nl.set_link_sysctl(link.name, key, 1, netns)
-        for entry in planned:
-            try:
-                nl.add_route(link.index, _route(entry), netns)
-            except KernelError as e:
-                if e.errno == errno.EEXIST:
-                    continue
-                raise _route_error(entry, str(e)) from None
-            except (TypeError, ValueError) as e:
-                raise _route_error(entry, str(e)) from None
-    finally:
-        nl.forget_namespaces()
+    addresses = []
+    for ip in ips:
+        try:
+            addresses.append(ipaddress.ip_interface(ip["address"]))
+        except ValueError as e:
+            raise CniError(
+                KERNEL_REFUSED, f"adding address {ip['address']} failed", str(e)
+            ) from None
+    planned = []
+    for entry in plan_routes(ips, routes):
+        try:
+            planned.append(_route(entry))
+        except (TypeError, ValueError) as e:
+            via = entry.get("gw") or "link"
+            raise CniError(
+                KERNEL_REFUSED, f"adding route {entry['dst']} via {via} failed", str(e)
+            ) from None
+    return AddressPlan(tuple(addresses), tuple(planned))
 
 
-def _route_error(entry: dict[str, Any], detail: str) -> CniError:
-    via = entry.get("gw") or "link"
-    return CniError(KERNEL_REFUSED, f"adding route {entry['dst']} via {via} failed", detail)
-
-
-def addresses(nl: NetlinkBackend, netns: str, link: LinkInfo) -> set[str]:
+def addresses(host: Host, netns: str, link: LinkInfo) -> set[str]:
     """The addresses on *link*, as ``address/prefix`` strings (one dump)."""
-    return {str(address) for address in nl.addresses(link.index, netns)}
+    return {str(address) for address in host.addresses(netns, link)}
 
 
-def route_keys(nl: NetlinkBackend, netns: str, link: LinkInfo) -> set[RouteKey]:
+def route_keys(host: Host, netns: str, link: LinkInfo) -> set[RouteKey]:
     """The routes through *link* in the main table, as (dst CIDR, gateway) (one dump)."""
     return {
         (str(route.dst), None if route.gateway is None else str(route.gateway))
-        for route in nl.routes(link.index, netns)
+        for route in host.routes(netns, link)
     }

@@ -25,15 +25,17 @@ with real netdevs*:
   namespaces unless it collides, which it cannot here: every pod namespace holds only
   ``lo`` and veths that came from the one host namespace).
 
-:func:`veth_backend` is the factory the CNI binary loads through
-``SRIOVLIB_CNI_NETLINK=sriovlib.testing.cni:veth_backend``; :class:`VethNode` builds
-such a node (namespaces, veths, tree) and tears it down.
+:func:`veth_backend` is the factory the tests' CNI binary
+(:mod:`sriovlib.testing.cni_binary`) loads through
+``SRIOVLIB_TEST_NETLINK=sriovlib.testing.cni:veth_backend``; :class:`VethNode` builds
+such a node (namespaces, veths, tree) and tears it down, and :func:`cni_binary_dir`
+makes a ``CNI_PATH`` directory whose ``sriov`` is that binary.
 
-**Client tier.** :func:`cnitool_path` builds ``cnitool`` once from Debian's
-``golang-github-appc-cni`` source package into a cache directory; :func:`cni_plugins_dir`
-finds (or installs) Debian's ``containernetworking-plugins``. Both raise
-:class:`ToolUnavailable` with a one-line reason where that is impossible (not root, no
-apt, no network), so tests can skip.
+**Client tier.** :func:`cnitool_path` (``cnitool`` built from the Go module proxy) and
+:func:`cni_plugins_dir` (Debian's reference plugins) live in
+:mod:`sriovlib.testing.clienttools` and are re-exported here; both raise
+:class:`ToolUnavailable` with a one-line reason where that is impossible, so tests can
+skip.
 """
 
 from __future__ import annotations
@@ -48,7 +50,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -71,6 +72,7 @@ from sriovlib.netlink import (
     kernel_error,
 )
 from sriovlib.testing.builder import FakeSysfs
+from sriovlib.testing.clienttools import ToolUnavailable, cni_plugins_dir, cnitool_path
 from sriovlib.testing.fakenetlink import FakeNetlink
 
 __all__ = [
@@ -446,7 +448,7 @@ def _vf_state(index: int, settings: Mapping[str, Any]) -> VfState:
 
 
 def veth_backend(root: str, environ: Mapping[str, str]) -> VethVfNetlink:
-    """The factory ``SRIOVLIB_CNI_NETLINK`` names: the host namespace comes from
+    """The factory ``SRIOVLIB_TEST_NETLINK`` names: the host namespace comes from
     ``SRIOVLIB_VETH_HOST_NETNS``."""
     return VethVfNetlink(root, environ["SRIOVLIB_VETH_HOST_NETNS"])
 
@@ -564,10 +566,10 @@ class VethNode:
             self.pods.remove(name)
 
     def environ(self) -> dict[str, str]:
-        """The variables that make the CNI binary use this node."""
+        """The variables that make the tests' CNI binary use this node."""
         return {
             "SRIOVLIB_SYSFS_ROOT": str(self.root),
-            "SRIOVLIB_CNI_NETLINK": "sriovlib.testing.cni:veth_backend",
+            "SRIOVLIB_TEST_NETLINK": "sriovlib.testing.cni:veth_backend",
             "SRIOVLIB_VETH_HOST_NETNS": self.host_netns,
         }
 
@@ -599,180 +601,22 @@ class VethNode:
                 _ip("netns", "delete", os.path.basename(path), check=False)
 
 
-# -- client tier: cnitool and the reference plugins ----------------------------------------------
-
-
-class ToolUnavailable(RuntimeError):
-    """A CNI tool cannot be had on this machine; the message is a one-line reason."""
-
-
-_DEB_SRC = """Types: deb-src
-URIs: http://deb.debian.org/debian
-Suites: {codename} {codename}-updates
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-"""
-_DEB_SRC_FILE = Path("/etc/apt/sources.list.d/sriovlib-deb-src.sources")
-_LIBCNI = Path("/usr/share/gocode/src/github.com/containernetworking/cni/libcni")
-
-
-def cache_dir() -> Path:
-    """Where built tools are kept: ``$SRIOVLIB_CNI_CACHE`` or ``~/.cache/sriovlib-cni``."""
-    configured = os.environ.get("SRIOVLIB_CNI_CACHE")
-    if configured:
-        return Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "sriovlib-cni"
-
-
-def _installed(package: str) -> bool:
-    proc = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True, check=False
-    )
-    return proc.returncode == 0 and "ok installed" in proc.stdout
-
-
-def _apt(*args: str, timeout: float = 900) -> None:
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    proc = subprocess.run(
-        ["apt-get", *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
-    )
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise ToolUnavailable(f"apt-get {' '.join(args[:2])} failed: {tail[0]}")
-
-
-def ensure_packages(packages: Sequence[str]) -> None:
-    """Install the Debian *packages* that are missing (as root, with apt)."""
-    missing = [p for p in packages if not _installed(p)]
-    if not missing:
-        return
-    if os.geteuid() != 0:
-        raise ToolUnavailable(f"needs Debian packages {', '.join(missing)} (not root to install)")
-    if shutil.which("apt-get") is None:
-        raise ToolUnavailable(f"needs Debian packages {', '.join(missing)} (no apt-get)")
-    _apt("update", "-q")
-    _apt("install", "-y", "-q", "--no-install-recommends", *missing)
-
-
-def cni_plugins_dir() -> Path:
-    """Debian's reference plugins (``host-local``...), installing them if needed."""
-    directory = Path("/usr/lib/cni")
-    if not (directory / "host-local").exists():
-        ensure_packages(["containernetworking-plugins"])
-    if not (directory / "host-local").exists():
-        raise ToolUnavailable("containernetworking-plugins installed no /usr/lib/cni/host-local")
-    return directory
-
-
-def _ensure_deb_src() -> None:
-    proc = subprocess.run(
-        ["apt-get", "indextargets", "--format", "$(CREATED_BY)"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if "Sources" in proc.stdout:
-        return
-    if os.geteuid() != 0:
-        raise ToolUnavailable("no deb-src lines for apt-get source (not root to add them)")
-    codename = "bookworm"
-    with contextlib.suppress(OSError):
-        for line in Path("/etc/os-release").read_text().splitlines():
-            if line.startswith("VERSION_CODENAME="):
-                codename = line.split("=", 1)[1].strip('"') or codename
-    _DEB_SRC_FILE.write_text(_DEB_SRC.format(codename=codename))
-    _apt("update", "-q")
-
-
-def cnitool_path() -> Path:
-    """``cnitool`` built from Debian's ``golang-github-appc-cni`` source package.
-
-    Built once into :func:`cache_dir` (offline: GOPATH mode against the libcni that
-    ``golang-github-appc-cni-dev`` installs, ``GOPROXY=off``); later calls return the
-    cached binary. ``$SRIOVLIB_CNITOOL`` names a ready binary instead.
-    """
-    given = os.environ.get("SRIOVLIB_CNITOOL")
-    if given:
-        return Path(given)
-    target = cache_dir() / "cnitool"
-    if target.exists():
-        return target
-    if shutil.which("cnitool"):
-        return Path(shutil.which("cnitool") or "")
-    cache_dir().mkdir(parents=True, exist_ok=True)
-    lock = os.open(cache_dir() / ".build.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if target.exists():
-            return target
-        ensure_packages(["golang-go", "golang-github-appc-cni-dev", "dpkg-dev", "xz-utils"])
-        _ensure_deb_src()
-        _build_cnitool(target)
-    finally:
-        os.close(lock)
-    return target
-
-
-def _build_cnitool(target: Path) -> None:
-    with tempfile.TemporaryDirectory(prefix="cnitool-") as work:
-        proc = subprocess.run(
-            ["apt-get", "source", "-q", "golang-github-appc-cni"],
-            cwd=work,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        if proc.returncode != 0:
-            last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise ToolUnavailable(f"apt-get source golang-github-appc-cni failed: {last[0]}")
-        sources = sorted(Path(work).glob("golang-github-appc-cni-*/cnitool/cnitool.go"))
-        if not sources:
-            raise ToolUnavailable("the golang-github-appc-cni source package has no cnitool/")
-        env = dict(
-            os.environ,
-            CGO_ENABLED="0",
-            GO111MODULE="off",
-            GOPATH="/usr/share/gocode",
-            GOPROXY="off",
-            GOFLAGS="",
-            GOCACHE=os.path.join(work, "gocache"),
-            HOME=work,
-        )
-        built = Path(work) / "cnitool"
-        proc = subprocess.run(
-            ["go", "build", "-trimpath", "-o", str(built), str(sources[-1])],
-            cwd=work,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-        )
-        if proc.returncode != 0:
-            last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise ToolUnavailable(f"go build of cnitool failed: {last[0]}")
-        temp = target.with_name(f".cnitool.{os.getpid()}")
-        shutil.copy2(built, temp)
-        os.replace(temp, target)
+# -- client tier: a CNI_PATH directory --------------------------------------------------------
 
 
 def cni_binary_dir(directory: str | os.PathLike[str], plugins: Path | None = None) -> Path:
-    """A ``CNI_PATH`` directory holding ``sriov`` (this interpreter's console script, or a
-    wrapper when the script is not installed) and links to the reference plugins."""
+    """A ``CNI_PATH`` directory holding ``sriov`` — the tests' entry point
+    (:mod:`sriovlib.testing.cni_binary`: the shipped code path, which also obeys
+    ``SRIOVLIB_TEST_NETLINK`` and ``SRIOVLIB_TEST_KILL_AT``), run by this interpreter —
+    and links to the reference plugins."""
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    script = Path(sys.executable).parent / "sriov"
     target = path / "sriov"
-    if script.exists():
-        target.symlink_to(script)
-    else:
-        target.write_text(
-            f"#!{sys.executable}\nimport sys\nfrom sriovlib.cni.__main__ import main\n"
-            "sys.exit(main())\n"
-        )
-        target.chmod(0o755)
+    target.write_text(
+        f"#!{sys.executable}\nimport sys\nfrom sriovlib.testing.cni_binary import main\n"
+        "sys.exit(main())\n"
+    )
+    target.chmod(0o755)
     if plugins is not None:
         for plugin in ("host-local", "static", "loopback"):
             if (plugins / plugin).exists():

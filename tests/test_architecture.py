@@ -1,0 +1,147 @@
+"""The layers of docs/architecture.md, checked on the source: who may import whom, and
+that no shipped entrypoint reads a test-only switch."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sriovlib.allocation import AllocationStore
+from sriovlib.models import PciId
+from sriovlib.testing import FakeSysfs
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "sriovlib"
+#: The entrypoints: protocol translation only.
+ADAPTERS = ("cni", "cli")
+#: The only modules that may touch the kernel directly.
+KERNEL_MODULES = ("sriovlib.netlink", "sriovlib.sysfs")
+
+
+def imports(path: Path) -> set[str]:
+    """Every module *path* imports (``from a.b import c`` counts as ``a.b`` and ``a.b.c``)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def modules(package: str) -> list[Path]:
+    return sorted((SRC / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", ["cni"])
+def test_adapters_do_not_touch_the_kernel(package: str) -> None:
+    """The CNI plugin reaches the kernel only through the Host and the attachment
+    service: it imports neither netlink.py nor sysfs.py."""
+    offenders = {
+        str(path.relative_to(SRC)): sorted(
+            name
+            for name in imports(path)
+            if any(name == k or name.startswith(f"{k}.") for k in KERNEL_MODULES)
+        )
+        for path in modules(package)
+    }
+    assert {} == {path: names for path, names in offenders.items() if names}
+
+
+def test_host_parts_do_not_import_the_facade() -> None:
+    """The Host's parts share the node context; none imports the facade (no circle)."""
+    offenders = [
+        str(path.relative_to(SRC))
+        for path in modules("host")
+        if path.name != "__init__.py" and "sriovlib.host.Host" in imports(path)
+    ]
+    assert [] == offenders
+
+
+def test_the_core_imports_no_adapter() -> None:
+    """Core modules (everything but the entrypoints and the testing kit) import no
+    entrypoint: the agent reuses the attachment service without the CNI package."""
+    core = [
+        path
+        for path in SRC.rglob("*.py")
+        if path.relative_to(SRC).parts[0] not in (*ADAPTERS, "testing", "__main__.py")
+    ]
+    offenders = {
+        str(path.relative_to(SRC)): sorted(
+            name
+            for name in imports(path)
+            if any(name.startswith(f"sriovlib.{a}") for a in ADAPTERS)
+            or name.startswith("sriovlib.testing")
+        )
+        for path in core
+    }
+    assert {} == {path: names for path, names in offenders.items() if names}
+
+
+def test_shipped_code_reads_no_test_switch() -> None:
+    """Outside sriovlib.testing, no module names a test-only variable."""
+    offenders = [
+        str(path.relative_to(SRC))
+        for path in SRC.rglob("*.py")
+        if path.relative_to(SRC).parts[0] != "testing"
+        and any(word in path.read_text() for word in ("SRIOVLIB_TEST_", "KILL_AT", "_NETLINK="))
+    ]
+    assert [] == offenders
+
+
+SWITCHES = {
+    "kill": {"SRIOVLIB_CNI_KILL_AT": "locked", "SRIOVLIB_TEST_KILL_AT": "locked"},
+    "backend": {
+        "SRIOVLIB_CNI_NETLINK": "sriovlib.testing.cni:veth_backend",
+        "SRIOVLIB_TEST_NETLINK": "sriovlib.testing.cni:veth_backend",
+    },
+}
+
+
+@pytest.mark.parametrize("switches", ["kill", "backend"])
+def test_shipped_sriov_ignores_kill_and_backend_switches(tmp_path: Path, switches: str) -> None:
+    """The shipped ``sriov`` run with the kill switches (old and new names) or the
+    backend switches set: it is not killed at ``locked`` (which an ADD of this VF
+    passes) and loads no test backend: it goes on to the real kernel, which has no such
+    PF netdev, and answers with CNI error JSON of its own."""
+    script = Path(sys.executable).parent / "sriov"
+    argv = [str(script)] if script.exists() else [sys.executable, "-m", "sriovlib.cni"]
+    netns = tmp_path / "netns"
+    netns.write_text("")
+    fs = FakeSysfs(tmp_path / "root")
+    pf = fs.add_pf(
+        ids=PciId(0x15B3, 0x1017),
+        driver="mlx5_core",
+        vf_ids=PciId(0x15B3, 0x1018),
+        vf_driver="mlx5_core",
+        total_vfs=2,
+        num_vfs=2,
+        netdev="sriovnopf0",  # no such interface on this machine
+    )
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "CNI_COMMAND": "ADD",
+        "CNI_CONTAINERID": "c1",
+        "CNI_NETNS": str(netns),
+        "CNI_IFNAME": "net1",
+        "CNI_PATH": str(tmp_path),
+        "SRIOVLIB_SYSFS_ROOT": str(tmp_path / "root"),
+        "SRIOVLIB_STATE_DIR": str(tmp_path / "state"),
+        "SRIOVLIB_VETH_HOST_NETNS": str(tmp_path / "no-such-netns"),
+        **SWITCHES[switches],
+    }
+    conf = {"cniVersion": "1.0.0", "name": "n", "type": "sriov", "deviceID": str(pf.vf_address(0))}
+    done = subprocess.run(
+        argv, input=json.dumps(conf).encode(), env=env, capture_output=True, timeout=60, check=False
+    )
+    assert 1 == done.returncode, done.stderr  # not -9: nothing killed it
+    error = json.loads(done.stdout)
+    assert 101 == error["code"], error
+    assert "sriovnopf0" in error["details"], error
+    assert () == AllocationStore(tmp_path / "state/allocations").records()
