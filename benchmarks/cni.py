@@ -7,11 +7,14 @@ Run: ``python benchmarks/cni.py`` (``--repeat N``). In one run, interleaved:
 - ``CNI_COMMAND=VERSION sriov`` (the console script) and ``python -m sriovlib.cni``;
 - as root, with cnitool and Debian's host-local available: ``cnitool add`` and
   ``cnitool del`` of a VF with a VLAN, a MAC and an address, on a node whose VFs are
-  veths (``sriovlib.testing.cni.VethNode``), and the netlink requests the plugin made
-  for each (from its debug log).
+  veths (``sriovlib.testing.cni.VethNode``), through the tests' entry point (the shipped
+  code path with the veth backend), and the netlink requests the plugin made for each
+  (from its debug log).
 
 Prints medians and minimums in milliseconds and the VERSION/bare ratio (target: at most
-3x).
+3x). ``--baseline PATH`` (another checkout's ``sriov`` console script, e.g. before a
+refactor) interleaves its ADD/DEL pairs with this checkout's on the same node and prints
+the ratios of the medians, wall time and CPU time.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -72,7 +76,12 @@ def netlink_counts(log: Path, command: str) -> list[int]:
     return counts
 
 
-def add_del_figures(repeat: int) -> None:
+def cpu_of_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def add_del_figures(repeat: int, baseline: Path | None) -> None:
     from sriovlib.testing.cni import (
         ToolUnavailable,
         VethNode,
@@ -91,7 +100,15 @@ def add_del_figures(repeat: int) -> None:
         return
     with tempfile.TemporaryDirectory(prefix="cni-bench-") as work_dir:
         work = Path(work_dir)
-        cni_binary_dir(work / "bin", plugins)
+        bins = {"this checkout": cni_binary_dir(work / "bin", plugins)}
+        if baseline is not None:
+            # another checkout's plugin, on the same node (its veth backend is read from
+            # the variable that checkout knows: the old SRIOVLIB_CNI_NETLINK is set too)
+            other = work / "baseline-bin"
+            other.mkdir()
+            (other / "sriov").symlink_to(baseline)
+            (other / "host-local").symlink_to(plugins / "host-local")
+            bins["baseline"] = other
         with VethNode(work / "root", num_vfs=1) as node:
             (work / "net.d").mkdir()
             plugin = {
@@ -112,26 +129,46 @@ def add_del_figures(repeat: int) -> None:
             env = {
                 **os.environ,
                 "NETCONFPATH": str(work / "net.d"),
-                "CNI_PATH": str(work / "bin"),
-                "SRIOVLIB_STATE_DIR": str(work / "state"),
                 **node.environ(),
+                "SRIOVLIB_CNI_NETLINK": node.environ()["SRIOVLIB_TEST_NETLINK"],
             }
             pod = node.add_pod()
-            adds: list[float] = []
-            dels: list[float] = []
+            samples = {name: {"add": [], "del": [], "add cpu": [], "del cpu": []} for name in bins}
             for i in range(repeat + 1):
-                add = timed([str(tool), "add", "bench", pod], env)
-                delete = timed([str(tool), "del", "bench", pod], env)
-                if i:  # the first pair warms caches
-                    adds.append(add)
-                    dels.append(delete)
+                order = list(bins.items())
+                for name, directory in order if i % 2 else reversed(order):
+                    run_env = {
+                        **env,
+                        "CNI_PATH": str(directory),
+                        "SRIOVLIB_STATE_DIR": str(work / "state" / name.replace(" ", "-")),
+                    }
+                    for command in ("add", "del"):
+                        cpu = cpu_of_children()
+                        wall = timed([str(tool), command, "bench", pod], run_env)
+                        if i:  # the first round warms caches
+                            samples[name][command].append(wall)
+                            samples[name][f"{command} cpu"].append(cpu_of_children() - cpu)
             log = work / "sriov.log"
             add_requests = netlink_counts(log, "ADD")
             del_requests = netlink_counts(log, "DEL")
     print()
     print(f"{'through cnitool (veth VFs, host-local)':<34} {'median':>8} {'min':>8}")
-    print(row("cnitool add", adds))
-    print(row("cnitool del", dels))
+    for name, figures in samples.items():
+        for what in ("add", "del"):
+            print(row(f"cnitool {what} ({name})", figures[what]))
+    if baseline is not None:
+        print()
+        print("this checkout / baseline, medians of interleaved runs:")
+        labels = {
+            "add": "add (wall)",
+            "del": "del (wall)",
+            "add cpu": "add (CPU of cnitool, plugin, IPAM)",
+            "del cpu": "del (CPU of cnitool, plugin, IPAM)",
+        }
+        for what, label in labels.items():
+            mine = statistics.median(samples["this checkout"][what])
+            theirs = statistics.median(samples["baseline"][what])
+            print(f"  {label:<40} {mine / theirs:5.2f}x")
     print(
         f"netlink requests per ADD: {statistics.median(add_requests):.0f}, "
         f"per DEL: {statistics.median(del_requests):.0f}"
@@ -141,9 +178,14 @@ def add_del_figures(repeat: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout's sriov console script: ADD/DEL pairs interleaved with it",
+    )
     args = parser.parse_args()
     worst = version_figures(args.repeat)
-    add_del_figures(max(3, args.repeat // 2))
+    add_del_figures(max(3, args.repeat // 2), args.baseline)
     print()
     verdict = "within" if worst <= 3.0 else "ABOVE"
     print(f"VERSION: {worst:.2f}x a bare interpreter start ({verdict} the 3x target)")

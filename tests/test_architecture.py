@@ -39,10 +39,10 @@ def modules(package: str) -> list[Path]:
     return sorted((SRC / package).rglob("*.py"))
 
 
-@pytest.mark.parametrize("package", ["cni"])
+@pytest.mark.parametrize("package", ADAPTERS)
 def test_adapters_do_not_touch_the_kernel(package: str) -> None:
-    """The CNI plugin reaches the kernel only through the Host and the attachment
-    service: it imports neither netlink.py nor sysfs.py."""
+    """The entrypoints reach the kernel only through the Host and the attachment
+    service: they import neither netlink.py nor sysfs.py."""
     offenders = {
         str(path.relative_to(SRC)): sorted(
             name

@@ -1,7 +1,8 @@
 """The binary driven by hand, as a runtime would: environment, stdin, stdout, status.
 
-This covers what the Debian cnitool (libcni 1.1.2) cannot drive: VERSION, STATUS, GC
-and spec version 1.1.0.
+The shipped binary itself (the console script and ``python -m sriovlib.cni``), with no
+test backend: VERSION, STATUS, GC and spec version 1.1.0 on a fake node, where cnitool
+drives the tests' entry point on veth-backed VFs.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ from typing import Any
 
 from sriovlib.cli._common import add_host_options, open_host
 from sriovlib.pools import dump_config, generate_config
-from sriovlib.sysfs import read_selector_facts
 
 __all__ = ["register", "run_generate"]
 
@@ -65,7 +64,7 @@ def run_generate(args: argparse.Namespace) -> int:
     """Write the generated config; notes about unpooled PFs go to standard error."""
     with open_host(args) as host:
         inventory = host.inventory()
-        facts = read_selector_facts(host.sysfs)
+        facts = host.selector_facts()
     config = generate_config(
         inventory,
         facts=facts,

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from sriovlib.cli._common import add_host_options, open_host, print_json, print_table
+from sriovlib.host import Inventory
 from sriovlib.models import PciId, PhysicalFunction, VirtualFunction
 from sriovlib.pciids import PciIds, open_pci_ids
-from sriovlib.sysfs import Inventory
 
 __all__ = ["add_pci_ids_option", "inventory_json", "register", "run"]
 

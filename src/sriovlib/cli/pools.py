@@ -26,7 +26,6 @@ from sriovlib.pools import (
     load_config,
     parse_config,
 )
-from sriovlib.sysfs import read_selector_facts
 
 __all__ = ["assignment_json", "read_config", "register", "run"]
 
@@ -82,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     for warning in config.warnings:
         print(f"sriovlib pools: warning: {warning}", file=sys.stderr)
     with open_host(args) as host:
-        devices = discover_devices(host.inventory(), read_selector_facts(host.sysfs))
+        devices = discover_devices(host.inventory(), host.selector_facts())
     assignment = assign(config, devices)
     if args.json:
         print_json(assignment_json(config, assignment))

@@ -48,13 +48,20 @@ from sriovlib.models import (
     VirtualFunction,
 )
 from sriovlib.plugins.types import DeviceType, EswitchMode, NumVfsPlan
-from sriovlib.sysfs import Inventory, Sysfs, SysfsWriter
+from sriovlib.sysfs import Inventory, SelectorFacts, Sysfs, SysfsWriter, read_selector_facts
 
 if TYPE_CHECKING:
     from sriovlib.netlink import NetlinkBackend
     from sriovlib.plugins.manager import PfHooks, Plugins
 
-__all__ = ["USERSPACE_DRIVERS", "Host", "NotApplied", "VfsNotReady"]
+__all__ = [
+    "USERSPACE_DRIVERS",
+    "Host",
+    "Inventory",
+    "NotApplied",
+    "SelectorFacts",
+    "VfsNotReady",
+]
 
 
 class Host:
@@ -150,6 +157,11 @@ class Host:
     def inventory(self) -> Inventory:
         """One scan of the PCI bus: PFs, VFs, other NICs and unreadable devices."""
         return self.sysfs.scan()
+
+    def selector_facts(self) -> SelectorFacts:
+        """What pool selectors match on beyond the inventory (acpi_index, RDMA, vDPA,
+        default route), for every network function, in one pass."""
+        return read_selector_facts(self.sysfs)
 
     def pfs(self) -> tuple[PhysicalFunction, ...]:
         """Every SR-IOV capable PF, in PCI address order."""

@@ -72,17 +72,13 @@ from sriovlib.netlink import (
     kernel_error,
 )
 from sriovlib.testing.builder import FakeSysfs
-from sriovlib.testing.clienttools import ToolUnavailable, cni_plugins_dir, cnitool_path
 from sriovlib.testing.fakenetlink import FakeNetlink
 
 __all__ = [
     "FakeIpam",
-    "ToolUnavailable",
     "VethNode",
     "VethVfNetlink",
     "cni_binary_dir",
-    "cni_plugins_dir",
-    "cnitool_path",
     "fake_context",
     "veth_backend",
 ]
@@ -601,7 +597,19 @@ class VethNode:
                 _ip("netns", "delete", os.path.basename(path), check=False)
 
 
-# -- client tier: a CNI_PATH directory --------------------------------------------------------
+# -- client tier: the tools (re-exported lazily), a CNI_PATH directory ---------------------
+
+_CLIENT_TOOLS = ("ToolUnavailable", "cni_plugins_dir", "cnitool_path")
+
+
+def __getattr__(name: str) -> Any:
+    # the client tools are imported on first use: the tests' CNI binary imports this
+    # module for its veth backend on every invocation and needs none of them
+    if name in _CLIENT_TOOLS:
+        from sriovlib.testing import clienttools
+
+        return getattr(clienttools, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def cni_binary_dir(directory: str | os.PathLike[str], plugins: Path | None = None) -> Path:
