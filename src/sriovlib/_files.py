@@ -1,18 +1,39 @@
-"""Crash-safe small-file writes shared by the allocation store and the CNI cache."""
+"""Crash-safe, private small files: what the allocation store and the attachment
+service keep under the state directory.
+
+- :func:`private_dir` makes a directory only its owner can use (0700 whatever the
+  umask) and refuses one that is a planted symlink, not a directory, or someone else's;
+- :func:`write_atomic` replaces a file so that a crash leaves the old or the new content
+  (0600 by default);
+- :func:`read_private` reads a regular file without following a symlink, at most a
+  bounded number of bytes.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import stat
 from pathlib import Path
 
-__all__ = ["TEMP_PREFIX", "sync_directory", "write_atomic"]
+__all__ = [
+    "MAX_STATE_FILE",
+    "TEMP_PREFIX",
+    "private_dir",
+    "read_private",
+    "sync_directory",
+    "write_atomic",
+]
+
+#: The largest state file read (records and entries are a few KiB).
+MAX_STATE_FILE = 1 << 20
 
 #: Prefix of the temporary files :func:`write_atomic` creates (readers skip dot files).
 TEMP_PREFIX = ".tmp-"
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace *path* with *data* so that a crash at any instant leaves the old or the
     new content, never a mix: write a temporary file, fsync it, rename it over *path*,
     fsync the directory. The temporary file is removed if anything fails."""
@@ -20,6 +41,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         try:
+            os.fchmod(fd, mode)  # the umask only ever removes bits; make them exact
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
@@ -38,5 +60,66 @@ def sync_directory(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def private_dir(path: Path, *, follow: bool = False) -> Path:
+    """Make *path* a directory only its owner uses: missing components are created 0700
+    (whatever the umask), an existing one of ours gets 0700.
+
+    *follow* allows *path* itself to be a symlink to a directory (a state directory an
+    administrator moved); a directory under it never is.
+
+    Raises:
+        OSError: ELOOP for a symlink, ENOTDIR for something else than a directory, EPERM
+            for a directory of another user.
+    """
+    missing = []
+    probe = path
+    while not os.path.lexists(probe) and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass  # another process was quicker; judged below
+        else:
+            os.chmod(directory, 0o700)
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        if not follow:
+            raise OSError(errno.ELOOP, "a symlink where a directory must be", str(path))
+        info = os.stat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+    if info.st_uid != os.geteuid():
+        raise OSError(errno.EPERM, f"owned by uid {info.st_uid}, not by us", str(path))
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+    return path
+
+
+def read_private(path: Path, limit: int = MAX_STATE_FILE) -> bytes:
+    """The content of the regular file *path*, not followed through a symlink.
+
+    Raises:
+        FileNotFoundError: there is none.
+        OSError: ELOOP for a symlink, EINVAL for something else than a regular file,
+            EFBIG beyond *limit* bytes.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        chunks = []
+        size = 0
+        while chunk := os.read(fd, min(1 << 16, limit + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+        return b"".join(chunks)
     finally:
         os.close(fd)

@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from sriovlib._files import TEMP_PREFIX, sync_directory, write_atomic
+from sriovlib._files import TEMP_PREFIX, private_dir, read_private, sync_directory, write_atomic
 from sriovlib.exceptions import SriovError
 from sriovlib.models import PciAddress
 from sriovlib.sysfs import check_netdev_name
@@ -648,8 +648,10 @@ class AllocationStore:
 
     @contextmanager
     def _locked(self, *, exclusive: bool) -> Iterator[None]:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / _LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        private_dir(self.directory)
+        fd = os.open(
+            self.directory / _LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             yield
@@ -687,8 +689,7 @@ class AllocationStore:
         return None
 
     def _read(self, path: Path) -> Allocation:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_private(path)
         try:
             record = Allocation.from_json(json.loads(data))
         except (ValueError, StoreError) as e:

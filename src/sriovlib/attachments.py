@@ -54,7 +54,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from sriovlib._files import write_atomic
+from sriovlib._files import private_dir, read_private, write_atomic
 from sriovlib.allocation import Allocation, AllocationStore, AlreadyAllocated, Owner, OwnerBusy
 from sriovlib.exceptions import DeviceNotFound, KernelError, SriovError
 from sriovlib.host import USERSPACE_DRIVERS, Host
@@ -261,7 +261,7 @@ class FinishedAttachments:
 
     def _load(self, path: Path) -> dict[str, Any] | None:
         try:
-            data = json.loads(path.read_bytes())
+            data = json.loads(read_private(path))
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as e:
@@ -291,7 +291,9 @@ class FinishedAttachments:
         path = self.path(entry["network"], entry["containerID"], entry["ifname"])
         data = json.dumps({"format": _FINISHED_FORMAT, **entry}, indent=2).encode() + b"\n"
         try:
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(self.directory.parent.parent, follow=True)
+            private_dir(self.directory.parent)
+            private_dir(self.directory)
             write_atomic(path, data, mode=0o600)
         except OSError as e:
             raise StateError(f"cannot write {path}: {e}") from None
@@ -352,13 +354,24 @@ class AttachmentService:
         """The Host if it has been made."""
         return self._host
 
+    def _private_dirs(self) -> None:
+        """The state directory and the service's directories under it, 0700 and ours
+        (none of those under it a symlink: see :func:`sriovlib._files.private_dir`)."""
+        private_dir(self.state_dir, follow=True)
+        for part in ("allocations", "cni", "cni/attachments", "cni/locks"):
+            private_dir(self.state_dir / part)
+
     @contextlib.contextmanager
     def lock(self, vf: PciAddress) -> Iterator[None]:
         """Hold *vf*'s lock; :class:`LockTimeout` after ``lock_timeout`` seconds."""
         directory = self.state_dir / "cni" / "locks"
         try:
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(directory / f"{vf}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._private_dirs()
+            fd = os.open(
+                directory / f"{vf}.lock",
+                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+            )
         except OSError as e:
             raise StateError(f"cannot create the lock of VF {vf}: {e}") from None
         try:
@@ -679,13 +692,13 @@ class AttachmentService:
     def problems(self) -> list[str]:
         """Why the service could not work now (an empty list when it can)."""
         found = []
-        for directory in (self.state_dir / "allocations", self.state_dir / "cni"):
-            try:
-                directory.mkdir(parents=True, exist_ok=True)
-                if not os.access(directory, os.W_OK):
-                    found.append(f"{directory} is not writable")
-            except OSError as e:
-                found.append(f"{directory}: {e.strerror or e}")
+        try:
+            self._private_dirs()
+        except OSError as e:
+            found.append(f"{getattr(e, 'filename', None) or self.state_dir}: {e.strerror or e}")
+        else:
+            if not os.access(self.state_dir / "allocations", os.W_OK):
+                found.append(f"{self.state_dir / 'allocations'} is not writable")
         pci_devices = Path(self.host.sysfs.root) / "sys/bus/pci/devices"
         if not pci_devices.is_dir():
             found.append(f"{pci_devices} does not exist")

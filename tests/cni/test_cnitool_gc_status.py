@@ -212,11 +212,8 @@ class TestStatus:
         assert (0, "", "") == (status.returncode, status.stdout, status.stderr)
         assert any("STATUS done" in line for line in plugin_log(client, "STATUS"))
 
-    @pytest.mark.parametrize(
-        ("broken", "reason"),
-        [("state", "Not a directory"), ("state/allocations", "File exists")],
-    )
-    def test_unusable_state_directory(self, client: Client, broken: str, reason: str) -> None:
+    @pytest.mark.parametrize("broken", ["state", "state/allocations"])
+    def test_unusable_state_directory(self, client: Client, broken: str) -> None:
         """A regular file where the state directory (or its allocations directory)
         should be: cnitool status fails with the plugin's reason (libcni shows
         "msg; details", never the code, 50 here)."""
@@ -226,7 +223,7 @@ class TestStatus:
         status = client("status")
         assert 1 == status.returncode
         assert status.stderr.startswith("the sriov plugin is not ready; ")
-        assert f"{client.state_dir / 'allocations'}: {reason}" in status.stderr
+        assert f"{client.tmp / broken}: Not a directory" in status.stderr
         assert any("STATUS failed (code 50)" in line for line in plugin_log(client, "STATUS"))
 
     def test_below_1_1_0_the_plugin_is_not_asked(self, client: Client) -> None:

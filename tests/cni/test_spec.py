@@ -139,13 +139,17 @@ class TestByHand:
         assert "Traceback" not in err
         assert 1 == len(err.strip().splitlines())
 
-    def test_add_110_missing_vf(self, binary: list[str], node_env: dict[str, str]) -> None:
+    def test_add_110_missing_vf(
+        self, binary: list[str], node_env: dict[str, str], tmp_path: Path
+    ) -> None:
         """ADD with a 1.1.0 configuration naming a VF that does not exist: code 101."""
+        netns = tmp_path / "netns"
+        netns.write_text("")
         env = {
             **node_env,
             "CNI_COMMAND": "ADD",
             "CNI_CONTAINERID": "c",
-            "CNI_NETNS": "/proc/self/ns/net",
+            "CNI_NETNS": str(netns),
             "CNI_IFNAME": "eth0",
             "CNI_PATH": "/opt",
         }

@@ -16,7 +16,9 @@ import sys
 from sriovlib.cni.protocol import (
     INTERNAL_ERROR,
     IO_FAILURE,
+    MAX_STDIN,
     CniError,
+    canonical,
     config_version,
     decode_config,
     error_json,
@@ -63,7 +65,7 @@ def run(
         version = config_version(config, env.command)
         from sriovlib.cni.commands import execute
 
-        output = execute(env, config, data, version, context, environ)
+        output = execute(env, config, canonical(config), version, context, environ)
         return 0, output or ""
     except CniError as e:
         if not e.logged:
@@ -109,7 +111,7 @@ def _read_real_stdin(*, patient: bool) -> bytes:
         ready, _, _ = select.select([stream], [], [], _VERSION_STDIN_WAIT)
         if not ready:
             return b""
-    return stream.read()
+    return stream.read(MAX_STDIN + 1)  # bounded: decode_config refuses anything longer
 
 
 def main(context: Callable[[Mapping[str, str]], Context] | None = None) -> int:

@@ -17,9 +17,12 @@ later).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
+import math
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -84,6 +87,8 @@ __all__ = ["ADD_STEPS", "DEFAULT_STATE_DIR", "Context", "IpamStep", "cni_error",
 log = logging.getLogger("sriovlib.cni")
 _T = TypeVar("_T")
 
+#: The longest ``SRIOVLIB_CNI_LOCK_TIMEOUT`` accepted, in seconds.
+MAX_LOCK_TIMEOUT = 3600.0
 #: The steps of ADD, in order (what a checkpoint is called with; see
 #: :mod:`sriovlib.testing.cni_binary`).
 ADD_STEPS = ATTACH_STEPS
@@ -117,12 +122,17 @@ class Context:
         """The context a real invocation uses: ``SRIOVLIB_SYSFS_ROOT`` (default ``/``),
         ``SRIOVLIB_STATE_DIR``, ``SRIOVLIB_CNI_LOCK_TIMEOUT`` (seconds)."""
         root = environ.get("SRIOVLIB_SYSFS_ROOT") or "/"
+        text = environ.get("SRIOVLIB_CNI_LOCK_TIMEOUT") or ""
         try:
-            timeout = float(environ.get("SRIOVLIB_CNI_LOCK_TIMEOUT") or DEFAULT_LOCK_TIMEOUT)
+            timeout = float(text) if text else DEFAULT_LOCK_TIMEOUT
         except ValueError:
+            timeout = math.nan
+        if not 0 <= timeout <= MAX_LOCK_TIMEOUT:  # also false for nan
             raise CniError(
-                INVALID_ENVIRONMENT, "SRIOVLIB_CNI_LOCK_TIMEOUT must be a number of seconds"
-            ) from None
+                INVALID_ENVIRONMENT,
+                "SRIOVLIB_CNI_LOCK_TIMEOUT must be a number of seconds",
+                f"got {text!r}; from 0 to {MAX_LOCK_TIMEOUT:g}",
+            )
         return cls(
             host_factory=lambda: Host(root),
             state_dir=Path(environ.get("SRIOVLIB_STATE_DIR") or DEFAULT_STATE_DIR),
@@ -209,21 +219,52 @@ def execute(
         return output
 
 
+class _LogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A log handler whose failures never change a command's outcome: a log file that
+    cannot be written (a full disk, ``/dev/full``) is given up on with one line on
+    stderr, and the command goes on."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if self.stream is not sys.stderr:
+            _stderr_line(f"sriov: cannot write the log file any more: {sys.exc_info()[1]}")
+            self.stream = sys.stderr
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            super().flush()
+
+
+def _stderr_line(text: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        print(text, file=sys.stderr, flush=True)
+
+
+def _open_log(path: str) -> Any:
+    """``logFile`` for appending: created 0600, never through a symlink, only a regular
+    file (a device, a FIFO or a directory is refused)."""
+    fd = os.open(
+        path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+    )
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return os.fdopen(fd, "a")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 @contextlib.contextmanager
 def _logging(conf: NetConf, env: Environment) -> Iterator[None]:
     """Send this invocation's sriovlib log records (the plugin's and the attachment
     service's) to ``logFile`` (else stderr) at ``logLevel``."""
-    handler: logging.Handler
     stream = None
     if conf.log_file is not None:
         try:
-            stream = open(conf.log_file, "a")  # noqa: SIM115 - closed below
-            handler = logging.StreamHandler(stream)
+            stream = _open_log(conf.log_file)
         except OSError as e:
-            handler = logging.StreamHandler(sys.stderr)
-            print(f"sriov: cannot open logFile {conf.log_file}: {e}", file=sys.stderr)
-    else:
-        handler = logging.StreamHandler(sys.stderr)
+            _stderr_line(f"sriov: cannot open logFile {conf.log_file}: {e.strerror or e}")
+    handler = _LogHandler(stream if stream is not None else sys.stderr)
     who = f"{env.container_id or '-'}/{env.ifname or '-'}"
     handler.setFormatter(
         logging.Formatter(
@@ -243,7 +284,8 @@ def _logging(conf: NetConf, env: Environment) -> Iterator[None]:
         root.propagate = previous[1]
         handler.flush()
         if stream is not None:
-            stream.close()
+            with contextlib.suppress(OSError):
+                stream.close()
 
 
 def _log_requests(ctx: Context, started: float) -> None:
@@ -413,6 +455,12 @@ def _add(ctx: Context, env: Environment, conf: NetConf, stdin: bytes) -> dict[st
     netns, ifname = _need(env.netns, "CNI_NETNS"), _need(env.ifname, "CNI_IFNAME")
     if not os.path.exists(netns):
         raise CniError(INVALID_ENVIRONMENT, f"CNI_NETNS {netns} does not exist")
+    if _same_file(netns, "/proc/self/ns/net"):
+        raise CniError(
+            INVALID_ENVIRONMENT,
+            f"CNI_NETNS {netns} is the plugin's own network namespace",
+            "a VF is moved out of the host namespace into a pod's; this one is the host's",
+        )
     if conf.ipam is not None:
         ctx.ipam.locate(conf.ipam["type"], env.path)  # fail before touching the VF
     owner = Owner(_need(env.container_id, "CNI_CONTAINERID"), ifname, netns)
@@ -438,6 +486,14 @@ def _add(ctx: Context, env: Environment, conf: NetConf, stdin: bytes) -> dict[st
 
     ctx.service.attach(request, step, keep)
     return convert_result(replies[-1], conf.cni_version)
+
+
+def _same_file(one: str, other: str) -> bool:
+    try:
+        a, b = os.stat(one), os.stat(other)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _interface(conf: NetConf, attached: Attached) -> dict[str, Any]:

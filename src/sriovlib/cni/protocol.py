@@ -19,6 +19,7 @@ What it implements, from the CNI specification (0.3.0 to 1.1.0):
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 
@@ -85,7 +86,8 @@ OWN_CODES = {
 
 _ID = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
 _CIDR = re.compile(r"[0-9A-Fa-f.:]+/[0-9]{1,3}")
-_MAX_STDIN = 16 << 20
+#: The most stdin a command reads (a network configuration is a few KiB).
+MAX_STDIN = 16 << 20
 
 # Which environment variables each command needs (spec 1.1.0, "Parameters").
 _REQUIRED = {
@@ -276,22 +278,57 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
+def _without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"duplicate key {key!r}")
+        obj[key] = value
+    return obj
+
+
+def canonical(config: Mapping[str, Any]) -> bytes:
+    """*config* as the document handed on to delegates (IPAM): re-serialised from what
+    was parsed, so that they see exactly what this plugin validated."""
+    return json.dumps(config, separators=(",", ":"), allow_nan=False).encode()
+
+
 def decode_config(data: bytes) -> dict[str, Any]:
-    """Decode stdin: one JSON object (CniError code 6 otherwise)."""
-    if len(data) > _MAX_STDIN:
+    """Decode stdin: one JSON object of plain UTF-8, without a byte order mark or a
+    duplicate key (CniError code 6 otherwise)."""
+    if len(data) > MAX_STDIN:
         raise CniError(
             DECODING_FAILURE,
             "the network configuration is too large",
-            f"{len(data)} bytes; at most {_MAX_STDIN} are read",
+            f"{len(data)} bytes; at most {MAX_STDIN} are read",
         )
     if not data.strip():
         raise CniError(DECODING_FAILURE, "no network configuration on stdin")
+    if data.startswith(b"\xef\xbb\xbf"):
+        raise CniError(
+            DECODING_FAILURE,
+            "the network configuration starts with a byte order mark",
+            "JSON on stdin must be plain UTF-8 without a BOM",
+        )
     try:
-        config = json.loads(data, parse_constant=_reject_constant)
+        config = json.loads(
+            data,
+            parse_constant=_reject_constant,
+            parse_float=_finite,
+            object_pairs_hook=_without_duplicates,
+        )
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise CniError(
             DECODING_FAILURE, "the network configuration is not valid JSON", str(e)
         ) from None
+
     if not isinstance(config, dict):
         raise CniError(
             DECODING_FAILURE,
