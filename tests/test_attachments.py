@@ -203,15 +203,35 @@ class TestDetachFailures:
         assert 0 == bench.state(0).vlan
 
     def test_addressing_failure_on_detach(self, bench: Bench) -> None:
-        """The addressing release failing on detach: the VF is restored all the same,
-        the records stay (so the release is retried), the error is the caller's."""
+        """The addressing release failing on detach: the VF is restored and free again
+        at once (its record dropped), the error is the caller's, and the release is
+        owed: the next detach of the owner tries it again and, when it works, forgets it."""
         request = bench.request(0, config=VfConfig(vlan=12))
         bench.service.attach(request, bench.step)
         bench.step.fail_release = RuntimeError("IPAM down")
-        with pytest.raises(RuntimeError, match="IPAM down"):
+        with pytest.raises(RuntimeError, match="IPAM down") as caught:
             bench.service.detach(request.owner, "net-a", bench.step)
-        assert 0 == bench.state(0).vlan
-        assert 1 == len(bench.records())
+        assert "free again" in caught.value.__notes__[0]
+        assert (0, ()) == (bench.state(0).vlan, bench.records())
+        assert 1 == len(bench.service.owed.entries())
+        bench.service.attach(bench.request(0, "c2"), bench.step)  # the VF is usable
+        bench.step.fail_release = None
+        assert bench.service.detach(request.owner, "net-a", bench.step) is None
+        assert ("release", "c1", Reason.DETACH) == bench.step.calls[-1]
+        assert [] == bench.service.owed.entries()
+
+    def test_owed_release_is_settled_by_collect(self, bench: Bench) -> None:
+        request = bench.request(0)
+        bench.service.attach(request, bench.step)
+        bench.step.fail_release = RuntimeError("IPAM down")
+        with pytest.raises(RuntimeError):
+            bench.service.detach(request.owner, "net-a", bench.step)
+        released, errors = bench.service.collect("net-a", set(), bench.step)
+        assert (0, ["IPAM down"]) == (released, [str(e) for e in errors])
+        bench.step.fail_release = None
+        assert (0, []) == bench.service.collect("net-a", set(), bench.step)
+        assert ("release", "c1", Reason.STALE) == bench.step.calls[-1]
+        assert [] == bench.service.owed.entries()
 
 
 class TestHolders:

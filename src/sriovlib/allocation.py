@@ -28,6 +28,8 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import stat
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -211,7 +213,7 @@ class Allocation:
                 pool=pool,
                 original_state=state,
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise StoreError(f"malformed allocation record: {e}") from None
 
 
@@ -580,6 +582,19 @@ class AllocationStore:
                     return self._read_or_raise(entry)
         return None
 
+    def held_vf(self, owner: Owner) -> PciAddress | None:
+        """The VF *owner* holds according to the file names alone, its record unread:
+        for a record that is damaged (``find`` raises), this still names its VF."""
+        key = owner.key
+        with self._locked(exclusive=False):
+            for entry in self._entries():
+                if entry.key == key:
+                    try:
+                        return PciAddress.parse(entry.vf)
+                    except ValueError:
+                        continue
+        return None
+
     def find(self, owner: Owner) -> Allocation | None:
         """The record held by *owner*, or None."""
         with self._locked(exclusive=False):
@@ -717,8 +732,14 @@ class AllocationStore:
         write_atomic(self.directory / name, data)
 
     def _unlink(self, name: str) -> None:
+        """Remove an entry: a record file, or whatever was put in its place (a symlink
+        is removed, not followed; a directory is removed with what it holds)."""
+        path = self.directory / name
         try:
-            os.unlink(self.directory / name)
+            if stat.S_ISDIR(os.lstat(path).st_mode):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
         except OSError as e:
             if e.errno != errno.ENOENT:
                 raise

@@ -338,6 +338,8 @@ class AttachmentService:
         self.checkpoint = checkpoint if checkpoint is not None else _no_checkpoint
         self.store = AllocationStore(self.state_dir / "allocations")
         self.finished = FinishedAttachments(self.state_dir / "cni" / "attachments")
+        #: Address releases that failed after the VF was restored (see :meth:`detach`).
+        self.owed = FinishedAttachments(self.state_dir / "cni" / "owed")
 
     @property
     def host(self) -> Host:
@@ -358,7 +360,7 @@ class AttachmentService:
         """The state directory and the service's directories under it, 0700 and ours
         (none of those under it a symlink: see :func:`sriovlib._files.private_dir`)."""
         private_dir(self.state_dir, follow=True)
-        for part in ("allocations", "cni", "cni/attachments", "cni/locks"):
+        for part in ("allocations", "cni", "cni/attachments", "cni/locks", "cni/owed"):
             private_dir(self.state_dir / part)
 
     @contextlib.contextmanager
@@ -595,7 +597,8 @@ class AttachmentService:
             are kept). Further failures are notes on the first.
         """
         held = self.find(network, owner)
-        target = held.vf if held is not None else vf
+        owed = self._owed(owner)
+        target = next((h.vf for h in (held, owed) if h is not None), vf)
         if target is None:
             log.info("detach: nothing recorded for %s", owner)
             if addressing is not None:
@@ -603,12 +606,13 @@ class AttachmentService:
             return None
         with self.lock(target):
             held = self.find(network, owner)  # again, under the lock
-            errors: list[Exception] = []
+            owed = self._owed(owner)
+            address_error: Exception | None = None
             if addressing is not None:
                 try:
-                    addressing.release(owner, held, Reason.DETACH)
+                    addressing.release(owner, held or owed, Reason.DETACH)
                 except Exception as e:
-                    errors.append(e)
+                    address_error = e
             self.checkpoint("del-ipam")
             if held is None:
                 log.info("detach: no VF recorded for %s (VF %s left as it is)", owner, target)
@@ -622,29 +626,92 @@ class AttachmentService:
                 try:
                     self._restore(held, owner.netns)
                 except ReleaseFailed as e:
-                    errors.append(e)
+                    if address_error is not None:
+                        e.add_note(str(address_error))
+                    raise  # the records stay: the next detach tries both again
                 self.checkpoint("del-released")
-            if errors:
-                first = errors[0]
-                for other in errors[1:]:
-                    first.add_note(str(other))
-                raise first
-            if held is not None:
                 self._forget(held)
+            if address_error is not None:
+                self._owe(held or owed, owner, network)
+                address_error.add_note(
+                    "the VF is restored and free again; the address release is kept and "
+                    "tried again by the next DEL of this attachment and by GC"
+                )
+                raise address_error
+            if owed is not None:
+                self.owed.delete(owed.network or network, owner.container_id, owner.ifname)
             return held
+
+    # -- address releases still owed ---------------------------------------------------------
+
+    def _owed(self, owner: Owner) -> Attachment | None:
+        """The address release still owed for *owner* (see :meth:`detach`), if any."""
+        for _, entry in self.owed.entries():
+            if (entry.get("containerID"), entry.get("ifname")) == (
+                owner.container_id,
+                owner.ifname,
+            ):
+                held = _attachment(None, entry)
+                if held is not None:
+                    return held
+        return None
+
+    def _owe(self, held: Attachment | None, owner: Owner, network: str) -> None:
+        """Keep an address release that failed, for the next detach of *owner* and for
+        :meth:`collect`: the VF itself is already free."""
+        if held is None:
+            return  # nothing recorded: the caller's own configuration is all there was
+        log.warning("the address release of %s failed: kept to try again", owner)
+        self.owed.write(
+            {
+                "network": held.network or network,
+                "containerID": owner.container_id,
+                "ifname": owner.ifname,
+                "netns": owner.netns,
+                "vf": str(held.vf),
+                "snapshot": None,
+                "config": dict(held.recorded or {}),
+                "owedSince": datetime.now(UTC).isoformat(),
+            }
+        )
+
+    def _settle_owed(
+        self, network: str | None, valid: set[tuple[str, str]], addressing: Addressing
+    ) -> list[Exception]:
+        """Try every owed address release of *network* (every network: None) whose
+        owner is not in *valid*; drop the ones that succeed."""
+        errors: list[Exception] = []
+        for _, entry in self.owed.entries():
+            held = _attachment(None, entry)
+            if held is None or (network is not None and held.network != network):
+                continue
+            if (held.owner.container_id, held.owner.ifname) in valid:
+                continue
+            try:
+                addressing.release(held.owner, held, Reason.STALE)
+            except Exception as e:
+                errors.append(e)
+                continue
+            self.owed.delete(held.network or "", held.owner.container_id, held.owner.ifname)
+        return errors
 
     def find(self, network: str, owner: Owner) -> Attachment | None:
         """What is recorded for *owner* on *network* (the allocation record, which is
         authoritative, combined with the finished entry); None when nothing is."""
         entry = self.finished.read(network, owner.container_id, owner.ifname)
+        damaged = None
         try:
             record = self.store.find(owner)
         except (SriovError, OSError) as e:
             log.warning("allocation record of %s unreadable: %s", owner, e)
             record = None
+            damaged = self.store.held_vf(owner)  # its file name still names the VF
         if entry is None and record is not None:
             log.info("no finished entry for %s: using the allocation record", owner)
-        return _attachment(record, entry)
+        held = _attachment(record, entry)
+        if held is None and damaged is not None:
+            held = Attachment(damaged, owner, None, network, None)
+        return held
 
     # -- collect ---------------------------------------------------------------------------
 
@@ -686,6 +753,8 @@ class AttachmentService:
                     path.unlink(missing_ok=True)
             except (KeyError, ValueError, TypeError, SriovError, OSError) as e:
                 log.warning("cannot judge the finished entry %s: %s", path, e)
+        if addressing is not None:
+            errors += self._settle_owed(network, valid, addressing)
         log.info("collected %d attachment(s) of network %s", released, network)
         return released, errors
 
@@ -725,12 +794,36 @@ class AttachmentService:
         self._forget(held)
 
     def _restore(self, held: Attachment, netns: str | None) -> None:
-        """Restore the VF from the snapshot (:class:`ReleaseFailed` when that fails)."""
-        if held.snapshot is None:
-            log.warning("no snapshot of VF %s recorded: its settings cannot be restored", held.vf)
+        """Restore the VF from the snapshot, or, where it is lost, bring it home in
+        :data:`~sriovlib.host.attach.SAFE_DEFAULTS` (:class:`ReleaseFailed` when that
+        fails)."""
+        netns = netns or held.owner.netns
+        snapshot = held.snapshot
+        try:
+            self.host.vf(held.vf)
+        except DeviceNotFound:
+            log.warning("VF %s no longer exists: nothing to restore", held.vf)
             return
         try:
-            report = self.host.release(held.snapshot, netns or held.snapshot.netns)
+            if snapshot is not None and not self._fits(snapshot, held.vf):
+                snapshot = None
+            if snapshot is None:
+                log.warning(
+                    "no usable snapshot of VF %s: bringing it home in safe defaults", held.vf
+                )
+                report = self.host.reset_vf(held.vf, netns, held.owner.ifname)
+            else:
+                report = self.host.release(snapshot, netns or snapshot.netns)
+                if not self._home(held.vf):
+                    log.warning(
+                        "the release left VF %s outside the host (%s): resetting it",
+                        held.vf,
+                        "; ".join(report.warnings) or "no netdev found",
+                    )
+                    report = self.host.reset_vf(held.vf, netns, held.owner.ifname)
+                    snapshot = None
+            if not self._home(held.vf):
+                raise DeviceNotFound("netdev of VF", str(held.vf), "it is not back on the host")
         except (SriovError, OSError) as e:
             raise ReleaseFailed(held.vf, f"{_with_notes(e)}; kept for a retry") from None
         for warning in report.warnings:
@@ -741,7 +834,33 @@ class AttachmentService:
             report.found_in,
             ", ".join(report.restored) or "nothing needed",
         )
-        self._converge(held.snapshot)
+        if snapshot is not None:
+            self._converge(snapshot)
+
+    def _fits(self, snapshot: AttachSnapshot, vf: PciAddress) -> bool:
+        """Whether *snapshot* is one of *vf* as the node has it now (a damaged one that
+        names another VF, index or PF must not be restored onto anything)."""
+        try:
+            current = self.host.vf(vf)
+            pf = self.host.pf(current.pf_address)
+        except SriovError:
+            return False
+        fits = (snapshot.vf, snapshot.vf_index, snapshot.pf) == (vf, current.index, pf.address)
+        if not fits or snapshot.pf_netdev not in pf.netdevs:
+            log.warning("the snapshot of VF %s does not fit it: %s", vf, snapshot)
+            return False
+        return True
+
+    def _home(self, vf: PciAddress) -> bool:
+        """Whether *vf* is on the host: its netdev there, or no netdev to have (a
+        userspace driver, no driver, the VF gone)."""
+        try:
+            current = self.host.vf(vf)
+        except DeviceNotFound:
+            return True
+        if current.driver is None or current.driver in USERSPACE_DRIVERS:
+            return True
+        return current.netdev is not None
 
     def _converge(self, snapshot: AttachSnapshot) -> None:
         """Read the VF's settings back and restore them once more if they moved.
@@ -818,6 +937,10 @@ def _network_of(record: Allocation) -> str | None:
     return network if isinstance(network, str) else None
 
 
+#: What parsing a damaged record or entry raises (a field of the wrong type or value).
+_MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError)
+
+
 def _attachment(record: Allocation | None, entry: Mapping[str, Any] | None) -> Attachment | None:
     """Combine the allocation record (authoritative: written before any change) with the
     finished entry (written after the attach); either may be missing."""
@@ -831,17 +954,18 @@ def _attachment(record: Allocation | None, entry: Mapping[str, Any] | None) -> A
         try:
             vf = PciAddress.parse(entry["vf"])
             owner = Owner(entry["containerID"], entry["ifname"], entry.get("netns"))
-            snapshot = AttachSnapshot.from_dict(entry["snapshot"])
             recorded = entry.get("config")
             network = entry.get("network")
             dpdk = bool(entry.get("dpdk"))
-        except (KeyError, TypeError, ValueError) as e:
+            if entry.get("snapshot") is not None:
+                snapshot = AttachSnapshot.from_dict(entry["snapshot"])
+        except _MALFORMED as e:
             log.warning("ignoring a malformed finished entry: %s", e)
     if record is not None:
         vf, owner = record.vf, record.owner
         try:
             snapshot = AttachSnapshot.from_dict(record.original_state["snapshot"])
-        except (KeyError, TypeError, ValueError) as e:
+        except _MALFORMED as e:
             log.warning("allocation record of VF %s has no usable snapshot: %s", vf, e)
         part = _recorded_part(record)
         recorded = part.get("recorded", part.get("config", recorded))

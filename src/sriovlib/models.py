@@ -12,6 +12,7 @@ import enum
 import ipaddress
 import os
 import re
+from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import attrs
@@ -516,8 +517,10 @@ class VfState:
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> VfState:
-        """Rebuild a state written by :meth:`to_dict`."""
+        """Rebuild a state written by :meth:`to_dict`; ValueError for a field of the
+        wrong type or out of range (a damaged record)."""
         values = dict(data)
+        _check_fields("VF state", values, _VF_STATE_FIELDS)
         values["vlan_proto"] = VlanProto(str(values.get("vlan_proto", VlanProto.DOT1Q)))
         link_state = values.get("link_state")
         values["link_state"] = None if link_state is None else VfLinkState(str(link_state))
@@ -573,6 +576,86 @@ class NumVfsChange:
     vfs: tuple[VirtualFunction, ...] = ()
 
 
+_NETDEV_NAME = re.compile(r"[!-~]{1,15}")  # printable ASCII, no space
+_NOT_IN_NETDEV = frozenset("/:")
+
+
+def _netdev_name(value: object) -> bool:
+    return (
+        isinstance(value, str)
+        and _NETDEV_NAME.fullmatch(value) is not None
+        and not _NOT_IN_NETDEV & set(value)
+        and value not in (".", "..")
+    )
+
+
+def _mac(value: object) -> bool:
+    return isinstance(value, str) and _MAC.fullmatch(value) is not None
+
+
+def _count(high: int) -> Callable[[object], bool]:
+    def check(value: object) -> bool:
+        return type(value) is int and 0 <= value <= high
+
+    return check
+
+
+def _optional(check: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda value: value is None or check(value)
+
+
+def _flag(value: object) -> bool:
+    return isinstance(value, bool)
+
+
+def _text(value: object) -> bool:
+    return isinstance(value, str)
+
+
+_U32 = 0xFFFFFFFF
+_VF_STATE_FIELDS: dict[str, Callable[[object], bool]] = {
+    "index": _count(_U32),
+    "mac": _mac,
+    "vlan": _count(4095),
+    "qos": _count(7),
+    "vlan_proto": _text,
+    "spoofchk": _optional(_flag),
+    "trust": _optional(_flag),
+    "link_state": _optional(_text),
+    "min_tx_rate": _count(_U32),
+    "max_tx_rate": _count(_U32),
+    "query_rss": _optional(_flag),
+}
+_SNAPSHOT_FIELDS: dict[str, Callable[[object], bool]] = {
+    "vf": _text,
+    "pf": _text,
+    "vf_index": _count(_U32),
+    "pf_netdev": _netdev_name,
+    "netns": _optional(_text),
+    "ifname": _netdev_name,
+    "host_name": _optional(_netdev_name),
+    "host_mac": _optional(_mac),
+    "host_mtu": _optional(_count(_U32)),
+    "host_up": _optional(_flag),
+    "driver": _optional(_text),
+    "vf_state": lambda value: isinstance(value, dict),
+    "host_index": _optional(_count(_U32)),
+    "mac": _optional(_mac),
+}
+
+
+def _check_fields(
+    kind: str, values: dict[str, object], checks: dict[str, Callable[[object], bool]]
+) -> None:
+    """Refuse a stored value whose fields are not what :meth:`to_dict` writes."""
+    for name, value in values.items():
+        check = checks.get(name)
+        if check is None:
+            raise ValueError(f"{kind} has an unknown field {name!r}")
+        if not check(value):
+            raise ValueError(f"{kind} field {name!r} cannot be {value!r}")
+
+
 @attrs.frozen
 class AttachSnapshot:
     """Everything ``Host.attach`` changed, so ``Host.release`` can undo it.
@@ -623,8 +706,12 @@ class AttachSnapshot:
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> AttachSnapshot:
-        """Rebuild a snapshot written by :meth:`to_dict`."""
+        """Rebuild a snapshot written by :meth:`to_dict`; ValueError for a field of the
+        wrong type or value (a damaged record)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a snapshot must be an object, not {type(data).__name__}")
         values = dict(data)
+        _check_fields("snapshot", values, _SNAPSHOT_FIELDS)
         values["vf"] = PciAddress.parse(str(values["vf"]))
         values["pf"] = PciAddress.parse(str(values["pf"]))
         values["vf_state"] = VfState.from_dict(values["vf_state"])  # type: ignore[arg-type]

@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
+from sriovlib.allocation import AllocationStore
 from sriovlib.cni.__main__ import run
 from sriovlib.cni.ipam import IpamRequest
-from sriovlib.cni.protocol import Result, canonical
+from sriovlib.cni.protocol import CniError, Result, canonical
 from sriovlib.testing.cni import FakeIpam
 
 from .conftest import Node
@@ -249,3 +250,41 @@ class TestEnvironmentEdges:
         assert 1 == done.returncode
         assert 6 == json.loads(done.stdout)["code"]
         assert "too large" in json.loads(done.stdout)["msg"]
+
+
+class TestIpamRelease:
+    def test_failing_ipam_del_frees_the_vf_and_keeps_the_lease_owed(self, node: Node) -> None:
+        """IPAM DEL failing: the VF is restored and free at once (another pod can take
+        it), DEL reports IPAM's error, and the next DEL releases the lease."""
+        assert 0 == node.invoke("ADD", node.conf(0, vlan=5))[0]
+        node.ipam.failures["DEL"] = CniError(11, "host-local is busy")
+        status, error = node.invoke("DEL", node.conf(0))
+        assert (1, 11) == (status, error["code"])
+        assert "free again" in error["details"]
+        assert untouched(node)
+        assert {("c1", "net1")} == set(node.ipam.allocations)  # still owed
+        other = node.kernel.add_netns("pod2")
+        assert 0 == node.invoke("ADD", node.conf(0), CNI_CONTAINERID="c2", CNI_NETNS=other)[0]
+        assert (0, None) == node.invoke("DEL", node.conf(0))  # c1 again: the lease goes
+        assert {("c2", "net1")} == set(node.ipam.allocations)
+
+    def test_gc_settles_an_owed_lease(self, node: Node) -> None:
+        assert 0 == node.invoke("ADD", node.conf(0))[0]
+        node.ipam.failures["DEL"] = CniError(11, "host-local is busy")
+        assert 1 == node.invoke("DEL", node.conf(0))[0]
+        gc = node.conf(0, cniVersion="1.1.0")
+        gc["cni.dev/valid-attachments"] = []
+        assert (0, None) == node.invoke("GC", gc)
+        assert {} == node.ipam.allocations
+
+    def test_del_uses_the_recorded_configuration(self, node: Node) -> None:
+        """A DEL naming another network (or another IPAM configuration) releases the
+        lease with the configuration that reserved it."""
+        ipam = RecordingIpam()
+        node.ctx.ipam = ipam
+        assert 0 == node.invoke("ADD", node.conf(0))[0]
+        moved = node.conf(0, name="other-net", ipam={"type": "host-local", "subnet": "10.9.0.0/16"})
+        assert (0, None) == node.invoke("DEL", moved)
+        assert {} == ipam.allocations
+        assert ["sriov-net", "sriov-net"] == [json.loads(c)["name"] for c in ipam.configs]
+        assert () == tuple(AllocationStore(node.tmp / "state/allocations").records())

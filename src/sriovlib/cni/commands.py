@@ -68,6 +68,7 @@ from sriovlib.cni.protocol import (
     CniError,
     Environment,
     Result,
+    canonical,
     convert_result,
 )
 from sriovlib.exceptions import (
@@ -242,9 +243,7 @@ def _stderr_line(text: str) -> None:
 def _open_log(path: str) -> Any:
     """``logFile`` for appending: created 0600, never through a symlink, only a regular
     file (a device, a FIFO or a directory is refused)."""
-    fd = os.open(
-        path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-    )
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file")
@@ -364,10 +363,12 @@ def _stored_config(conf: NetConf) -> dict[str, Any]:
 class IpamStep:
     """IPAM delegation as the attachment service's addressing step.
 
-    ADD's own request goes to the IPAM plugin of this configuration; the release of an
-    attachment this invocation names (DEL) uses this configuration's IPAM if it has one,
-    else the recorded one; a stale attachment (cleared by ADD, collected by GC) is
-    released with the configuration recorded with it.
+    ADD's own request goes to the IPAM plugin of this configuration, and so does its
+    rollback. Every other release — DEL, a stale attachment cleared by ADD or collected
+    by GC, a release still owed — uses the configuration recorded with the attachment,
+    the one that reserved the address (a DEL naming another network, or another IPAM
+    configuration, releases the right lease); only DEL of an attachment with nothing
+    recorded uses this configuration.
     """
 
     def __init__(self, ctx: Context, env: Environment, conf: NetConf, stdin: bytes) -> None:
@@ -426,14 +427,13 @@ class IpamStep:
             if self.request is not None:
                 ipam.delete(self.request)
             return
-        if reason is Reason.DETACH:
-            own = self.own_request()
-            if own is not None:
-                ipam.delete(own)
-                return
         recorded = _recorded_ipam(attachment.recorded if attachment is not None else None)
         if recorded is not None:
             ipam.delete(self._request(*recorded, owner.container_id, owner.netns, owner.ifname))
+            return
+        own = self.own_request() if reason is Reason.DETACH else None
+        if own is not None:
+            ipam.delete(own)
 
 
 def _recorded_ipam(config: Mapping[str, Any] | None) -> tuple[str, bytes, str] | None:
@@ -444,7 +444,7 @@ def _recorded_ipam(config: Mapping[str, Any] | None) -> tuple[str, bytes, str] |
     if not isinstance(plugin, str) or not plugin:
         return None
     version = config.get("cniVersion")
-    return plugin, json.dumps(config).encode(), version if isinstance(version, str) else "1.0.0"
+    return plugin, canonical(config), version if isinstance(version, str) else "1.0.0"
 
 
 # -- ADD ---------------------------------------------------------------------------------------

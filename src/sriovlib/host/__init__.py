@@ -272,6 +272,15 @@ class Host:
         """Undo :meth:`attach`: :meth:`.Attach.release`."""
         return self._attach.release(snapshot, netns)
 
+    def reset_vf(
+        self,
+        vf: VirtualFunction | PciAddress | str,
+        netns: NetnsRef | None = None,
+        ifname: str | None = None,
+    ) -> ReleaseReport:
+        """Bring a VF home in safe defaults when its snapshot is lost: :meth:`.Attach.reset`."""
+        return self._attach.reset(vf, netns, ifname)
+
     # -- addresses and routes (addresses.py) ---------------------------------------------
 
     def link(self, ifname: str, netns: NetnsRef | None = None) -> LinkInfo:

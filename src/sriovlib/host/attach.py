@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import attrs
 
-from sriovlib.exceptions import DeviceNotFound, KernelError, KernelNotFound
+from sriovlib.exceptions import DeviceNotFound, KernelError, KernelNotFound, Unsupported
 from sriovlib.host.node import (
     USERSPACE_DRIVERS,
     NodeContext,
@@ -43,12 +43,27 @@ from sriovlib.models import (
     VfKnob,
     VfState,
     VirtualFunction,
+    VlanProto,
     mac_problem,
 )
 from sriovlib.netlink import NetlinkBackend
 from sriovlib.sysfs import check_netdev_name
 
-__all__ = ["Attach"]
+__all__ = ["SAFE_DEFAULTS", "Attach"]
+
+#: What :meth:`Attach.reset` puts a VF in when its state before an attach is lost:
+#: no admin MAC, no port VLAN, spoof checking on, not trusted, no rate limits.
+SAFE_DEFAULTS = VfState(
+    index=0,
+    mac=ZERO_MAC,
+    vlan=0,
+    qos=0,
+    vlan_proto=VlanProto.DOT1Q,
+    spoofchk=True,
+    trust=False,
+    min_tx_rate=0,
+    max_tx_rate=0,
+)
 
 _MIN_MTU, _MAX_MTU = 68, 65535
 _FALLBACK_NAME = "sriovvf%d"  # the kernel picks the first free number
@@ -250,6 +265,84 @@ class Attach:
             return self._release(snapshot, snapshot.netns if netns is None else netns)
         finally:
             self.node.netlink.forget_namespaces()
+
+    def reset(
+        self,
+        vf: VirtualFunction | PciAddress | str,
+        netns: NetnsRef | None = None,
+        ifname: str | None = None,
+    ) -> ReleaseReport:
+        """Bring a VF home and into :data:`SAFE_DEFAULTS` when what it was before an
+        attach is unknown (its snapshot is lost).
+
+        The VF's netdev, if it is not on the host, is looked for in *netns* — as *ifname*
+        or by its PCI parent — and moved back under the kernel's next ``sriovvfN`` name
+        (its host name is not known any more). Then every setting the PF reports that
+        differs from the defaults is written: admin MAC cleared, VLAN 0, QoS 0, 802.1Q,
+        spoofchk on, trust off, no rate limits. A setting the driver does not support is
+        left (no pod can have set it) and listed in the warnings.
+
+        Raises:
+            DeviceNotFound: no such VF, or its netdev is neither on the host nor in
+                *netns*.
+            KernelError: a setting or the move was refused (the others were tried; their
+                failures are notes).
+        """
+        try:
+            return self._reset(self.node.fresh_vf(vf), netns, ifname)
+        finally:
+            self.node.netlink.forget_namespaces()
+
+    def _reset(
+        self, vf: VirtualFunction, netns: NetnsRef | None, ifname: str | None
+    ) -> ReleaseReport:
+        nl = self.node.netlink
+        pf = self.node.fresh_pf(vf.pf_address)
+        pf_name = pf_netdev(pf)
+        restored: list[str] = []
+        warnings: list[str] = []
+        where, name = "none", vf.netdev
+        if vf.netdev is not None:
+            where = "host"
+        elif vf.driver not in USERSPACE_DRIVERS:
+            link = self._in_namespace(vf.address, netns, ifname)
+            if link is None:
+                raise DeviceNotFound(
+                    "netdev of VF",
+                    str(vf.address),
+                    f"it is not on the host and not in namespace {netns} "
+                    f"(as {ifname or 'any name'})",
+                )
+            nl.move_link(link.index, _FALLBACK_NAME, netns=netns)
+            restored.append("namespace")
+            where, name = "namespace", self.node.fresh_vf(vf.address).netdev
+        state = self.node.read_vf(pf_name, vf.index)
+        failures: list[KernelError] = []
+        for knob, change in _default_changes(nl, pf_name, vf.index, state):
+            try:
+                retry_busy(change)
+                restored.append(f"vf_{knob}")
+            except Unsupported as e:
+                warnings.append(f"VF {knob} left as it is: {e}")
+            except KernelError as e:
+                failures.append(e)
+        if failures:
+            first = failures[0]
+            for other in failures[1:]:
+                first.add_note(str(other))
+            raise first
+        return ReleaseReport(vf.address, where, name, tuple(restored), tuple(warnings))
+
+    def _in_namespace(
+        self, vf: PciAddress, netns: NetnsRef | None, ifname: str | None
+    ) -> LinkInfo | None:
+        if netns is None or (not isinstance(netns, int) and not os.path.exists(netns)):
+            return None
+        nl = self.node.netlink
+        named = None if ifname is None else get_or_none(nl, ifname, netns)
+        if named is not None and named.parent == str(vf):
+            return named
+        return next((link for link in nl.links(netns) if link.parent == str(vf)), None)
 
     def _release(self, snapshot: AttachSnapshot, netns: NetnsRef | None) -> ReleaseReport:
         restored: list[str] = []
@@ -541,3 +634,23 @@ def _summary(report: ReleaseReport) -> str:
     if report.warnings:
         text += f"; warnings: {'; '.join(report.warnings)}"
     return text
+
+
+def _default_changes(
+    nl: NetlinkBackend, pf: str, index: int, state: VfState
+) -> list[tuple[str, Callable[[], None]]]:
+    """The writes that take *state* to :data:`SAFE_DEFAULTS` (settings the driver does
+    not report are left alone)."""
+    d = SAFE_DEFAULTS
+    changes: list[tuple[str, Callable[[], None]]] = []
+    if state.mac != d.mac:
+        changes.append(("mac", bind(nl.set_vf_mac, pf, index, d.mac)))
+    if (state.vlan, state.qos, state.vlan_proto) != (d.vlan, d.qos, d.vlan_proto):
+        changes.append(("vlan", bind(nl.set_vf_vlan, pf, index, d.vlan, d.qos, d.vlan_proto)))
+    for knob, setter in (("spoofchk", nl.set_vf_spoofchk), ("trust", nl.set_vf_trust)):
+        now, wanted = getattr(state, knob), getattr(d, knob)
+        if now is not None and now != wanted:
+            changes.append((knob, bind(setter, pf, index, wanted)))
+    if (state.min_tx_rate, state.max_tx_rate) != (d.min_tx_rate, d.max_tx_rate):
+        changes.append(("tx_rate", bind(nl.set_vf_rate, pf, index, d.min_tx_rate, d.max_tx_rate)))
+    return changes
