@@ -216,6 +216,10 @@ class Host:
         """The VF's settings as its PF's driver reports them: :meth:`.VfSettings.vf_state`."""
         return self._settings.vf_state(vf)
 
+    def vf_states(self, pf: PhysicalFunction | str | PciAddress) -> tuple[VfState, ...]:
+        """Every VF's settings of *pf* from one VF-list read: :meth:`.VfSettings.vf_states`."""
+        return self._settings.vf_states(pf)
+
     def configure_vf(self, vf: VirtualFunction | PciAddress | str, config: VfConfig) -> VfState:
         """Apply, verify and return the VF's settings: :meth:`.VfSettings.configure_vf`."""
         return self._settings.configure_vf(vf, config)

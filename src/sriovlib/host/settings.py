@@ -64,7 +64,7 @@ class _Step:
 
 
 class VfSettings:
-    """Reads (:meth:`vf_state`), changes (:meth:`configure_vf`) and probes
+    """Reads (:meth:`vf_state`, :meth:`vf_states`), changes (:meth:`configure_vf`) and probes
     (:meth:`capabilities`) VF settings; :meth:`apply` is the step the attach part uses."""
 
     def __init__(self, node: NodeContext, drivers: Drivers) -> None:
@@ -77,6 +77,16 @@ class VfSettings:
         current = self.node.fresh_vf(vf)
         pf = self.node.fresh_pf(current.pf_address)
         return self.node.read_vf(pf_netdev(pf), current.index)
+
+    def vf_states(self, pf: PhysicalFunction | str | PciAddress) -> tuple[VfState, ...]:
+        """Every VF's settings as *pf*'s driver reports them, in VF order: one netlink
+        request (the PF's VF list), however many VFs the PF has.
+
+        Raises:
+            DeviceNotFound: *pf* is not a PF, or has no netdev to ask through.
+            KernelError: the kernel refused the request (KernelNotFound: no such link).
+        """
+        return self.node.netlink.vf_states(pf_netdev(self.node.fresh_pf(pf)))
 
     def configure_vf(self, vf: VirtualFunction | PciAddress | str, config: VfConfig) -> VfState:
         """Apply the fields *config* sets, verify them, and return the VF's new state.
