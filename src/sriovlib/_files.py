@@ -6,7 +6,8 @@ service keep under the state directory.
 - :func:`write_atomic` replaces a file so that a crash leaves the old or the new content
   (0600 by default);
 - :func:`read_private` reads a regular file without following a symlink, at most a
-  bounded number of bytes.
+  bounded number of bytes; :func:`read_bounded` and :func:`read_stream` bound what the
+  CLI and sysfs read (a config, ``pci.ids``, a sysfs attribute, standard input).
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from pathlib import Path
 __all__ = [
     "MAX_STATE_FILE",
     "TEMP_PREFIX",
+    "WrongKind",
     "private_dir",
+    "read_bounded",
     "read_private",
+    "read_stream",
     "sync_directory",
     "write_atomic",
 ]
@@ -109,17 +113,57 @@ def read_private(path: Path, limit: int = MAX_STATE_FILE) -> bytes:
         OSError: ELOOP for a symlink, EINVAL for something else than a regular file,
             EFBIG beyond *limit* bytes.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    return _read(path, limit, follow=False, pipes=False)
+
+
+def read_bounded(path: str | os.PathLike[str], limit: int, *, pipes: bool = False) -> bytes:
+    """The content of *path* — a regular file, or with *pipes* also a FIFO or a pipe
+    (``--config <(command)``) — at most *limit* bytes. A device (``/dev/zero``), a
+    directory or a socket is refused, and a FIFO is never waited on when *pipes* is off.
+
+    Raises:
+        OSError: as :func:`read_private` (EINVAL for the refused kinds).
+    """
+    return _read(path, limit, follow=True, pipes=pipes)
+
+
+def read_stream(stream: object, limit: int, what: str) -> bytes:
+    """At most *limit* bytes of an open binary stream (standard input).
+
+    Raises:
+        OSError: EBADF when *stream* is missing (the descriptor was closed), EFBIG
+            beyond *limit*.
+    """
+    read = getattr(getattr(stream, "buffer", stream), "read", None)
+    if read is None:
+        raise OSError(errno.EBADF, f"{what} is closed")
+    data: bytes = read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"{what} holds more than {limit} bytes")
+    return data
+
+
+class WrongKind(OSError):
+    """The path is not the kind of file that may be read there (errno EINVAL)."""
+
+
+def _read(path: str | os.PathLike[str], limit: int, *, follow: bool, pipes: bool) -> bytes:
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or (pipes and stat.S_ISFIFO(mode))):
+            kinds = "a regular file or a pipe" if pipes else "a regular file"
+            raise WrongKind(errno.EINVAL, f"not {kinds}", os.fspath(path))
+        if stat.S_ISFIFO(mode):
+            os.set_blocking(fd, True)  # a pipe the caller named: wait for its writer
         chunks = []
         size = 0
         while chunk := os.read(fd, min(1 << 16, limit + 1 - size)):
             chunks.append(chunk)
             size += len(chunk)
             if size > limit:
-                raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+                raise OSError(errno.EFBIG, f"larger than {limit} bytes", os.fspath(path))
         return b"".join(chunks)
     finally:
         os.close(fd)

@@ -25,6 +25,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from sriovlib._files import read_bounded
 from sriovlib.models import PciId
 
 __all__ = ["DEFAULT_PATHS", "PciIds", "find_pci_ids", "open_pci_ids"]
@@ -38,6 +39,8 @@ DEFAULT_PATHS: tuple[str, ...] = (
 
 # A top-level line that is neither indented nor a comment ends a vendor's block
 # (the next vendor, or the "C xx" device-class section at the end of the file).
+#: The largest pci.ids read (the full database is about 1.5 MiB).
+_MAX_PCI_IDS = 32 << 20
 _BLOCK_END = re.compile(rb"\n[^\t#\r\n]")
 
 
@@ -110,7 +113,7 @@ class PciIds:
         if self._data is None:
             try:
                 # a leading newline lets every line, the first included, match "\n<id>"
-                self._data = b"\n" + self.path.read_bytes()
+                self._data = b"\n" + read_bounded(self.path, _MAX_PCI_IDS)
             except OSError:
                 self._data = b""
         return self._data

@@ -31,6 +31,7 @@ from typing import Any
 
 import attrs
 
+from sriovlib._files import read_bounded
 from sriovlib.allocation import Candidate
 from sriovlib.exceptions import InvalidPciAddress, SriovError
 from sriovlib.models import LinkType, PciAddress, PciId
@@ -38,6 +39,7 @@ from sriovlib.sysfs import Inventory, SelectorFacts, check_netdev_name
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "MAX_CONFIG",
     "Assignment",
     "ConfigError",
     "ConfigProblem",
@@ -67,6 +69,8 @@ DEFAULT_PREFIX = "intel.com"
 
 #: The largest VF index there can be: ``TotalVFs`` is a 16-bit field.
 MAX_VF_INDEX = 0xFFFF
+#: The largest config file read (upstream configs are a few KiB).
+MAX_CONFIG = 4 << 20
 
 
 # ---------------------------------------------------------------------------------
@@ -1198,7 +1202,7 @@ def load_config(
     path: str | Path, *, compat: bool = False, default_prefix: str = DEFAULT_PREFIX
 ) -> PoolConfig:
     """Read and parse the config file at *path* (see :func:`parse_config`)."""
-    data = Path(path).read_bytes()
+    data = read_bounded(path, MAX_CONFIG, pipes=True)
     return parse_config(data, compat=compat, source=str(path), default_prefix=default_prefix)
 
 

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import attrs
 
+from sriovlib._files import WrongKind, read_bounded
 from sriovlib.exceptions import DeviceNotFound, InvalidPciAddress
 from sriovlib.models import (
     LinkType,
@@ -32,6 +33,8 @@ from sriovlib.models import (
 __all__ = ["Inventory", "KernelWriter", "Sysfs", "SysfsWriter", "check_netdev_name"]
 
 _NETWORK_CLASS = 0x02
+#: The most read of a list file (modules.dep, /proc/cpuinfo, /proc/net/route).
+_MAX_LIST = 16 << 20
 # errnos that mean "this attribute does not apply to this device" rather than "broken"
 _ABSENT = (errno.ENOENT, errno.EOPNOTSUPP, errno.EINVAL, errno.ENODEV)
 
@@ -77,11 +80,10 @@ class _Device:
 
     def text(self, name: str) -> str | None:
         try:
-            fd = os.open(f"{self.path}/{name}", os.O_RDONLY)
-            try:
-                return os.read(fd, 4096).decode(errors="replace").strip()
-            finally:
-                os.close(fd)
+            return read_bounded(f"{self.path}/{name}", 4096).decode(errors="replace").strip()
+        except WrongKind as e:
+            self.problems.append(f"{name}: {e.strerror}")
+            return None
         except OSError as e:
             if e.errno not in _ABSENT:
                 self.problems.append(f"{name}: {e.strerror or e}")
@@ -274,19 +276,23 @@ class Sysfs:
         release = os.uname().release
         for list_name in ("modules.builtin", "modules.dep"):
             try:
-                with open(f"{self.root}/lib/modules/{release}/{list_name}") as f:
-                    wanted = f"/{module}.ko"
-                    if any(wanted in line.split(":", 1)[0] for line in f):
-                        return True
+                data = read_bounded(f"{self.root}/lib/modules/{release}/{list_name}", _MAX_LIST)
             except OSError:
                 continue
+            wanted = f"/{module}.ko"
+            if any(
+                wanted in line.split(":", 1)[0]
+                for line in data.decode(errors="replace").splitlines()
+            ):
+                return True
         return False
 
     def kernel_cmdline(self) -> str:
         """The running kernel's command line (empty when unreadable)."""
         try:
-            with open(f"{self.root}/proc/cmdline") as f:
-                return f.read().strip()
+            return (
+                read_bounded(f"{self.root}/proc/cmdline", 1 << 16).decode(errors="replace").strip()
+            )
         except OSError:
             return ""
 
@@ -317,13 +323,13 @@ class Sysfs:
         """``vendor_id`` of the first CPU in ``/proc/cpuinfo`` (``GenuineIntel``,
         ``AuthenticAMD``), or None when unreadable."""
         try:
-            with open(f"{self.root}/proc/cpuinfo") as f:
-                for line in f:
-                    key, sep, value = line.partition(":")
-                    if sep and key.strip() == "vendor_id":
-                        return value.strip() or None
+            text = read_bounded(f"{self.root}/proc/cpuinfo", _MAX_LIST).decode(errors="replace")
         except OSError:
             return None
+        for line in text.splitlines():
+            key, sep, value = line.partition(":")
+            if sep and key.strip() == "vendor_id":
+                return value.strip() or None
         return None
 
     # -- writes (VF lifecycle) -------------------------------------------------------
@@ -580,9 +586,8 @@ def _read_vdpa_drivers(bus: str, facts: SelectorFacts) -> None:
 def _default_route_netdevs(root: Path) -> frozenset[str]:
     """Interfaces with an IPv4 default route (destination and mask 0) in /proc/net/route."""
     try:
-        with open(f"{root}/proc/net/route") as f:
-            lines = f.read().splitlines()[1:]
-    except OSError:
+        lines = read_bounded(f"{root}/proc/net/route", _MAX_LIST).decode().splitlines()[1:]
+    except (OSError, UnicodeDecodeError):
         return frozenset()
     found = set()
     for line in lines:

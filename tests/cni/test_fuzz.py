@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sriovlib.allocation import AllocationStore
 from sriovlib.cni.__main__ import run
 from sriovlib.cni.protocol import COMMANDS
 from sriovlib.testing import FakeSysfs, add_nic_model
@@ -189,23 +190,44 @@ def check_answer(status: int, out: str) -> None:
     assert "Traceback" not in out
 
 
+def host_view(node: Node) -> Any:
+    """What a failed command must leave as it was: every VF's settings, the links of
+    the host and the pod, the allocation records."""
+    return (
+        tuple(node.kernel.vf_state(node.pf.address, i) for i in range(4)),
+        {n: node.kernel.link(n) for n in node.kernel.link_names()},
+        node.kernel.link_names(node.pod),
+        AllocationStore(node.ctx.state_dir / "allocations").records(),
+    )
+
+
 class TestFuzz:
     @settings(max_examples=300)
     @given(data=st.data())
     def test_any_input_gives_cni_answer(self, fuzz_node: Node, data: st.DataObject) -> None:
-        """Random environments and stdin produce only CNI answers."""
+        """Random environments and stdin produce only CNI answers; a failure leaves the
+        node (VFs, links, records) as it was."""
         env = data.draw(environments(fuzz_node.pod))
         stdin = data.draw(stdins())
+        before = host_view(fuzz_node)
         status, out = run(env, lambda: stdin, fuzz_node.ctx)
         check_answer(status, out)
+        if status == 1:
+            assert before == host_view(fuzz_node), out
+        elif env.get("CNI_COMMAND") == "ADD":
+            # clean up, so later examples find free VFs and an unchanged node
+            run({**env, "CNI_COMMAND": "DEL"}, lambda: stdin, fuzz_node.ctx)
 
     @settings(max_examples=300)
     @given(stdin=netconfs(), command=st.sampled_from(["ADD", "DEL", "CHECK", "GC", "STATUS"]))
     def test_netconfs_with_valid_env(self, fuzz_node: Node, stdin: bytes, command: str) -> None:
         """Random configurations under a valid environment produce only CNI answers."""
         env = fuzz_node.env(command)
+        before = host_view(fuzz_node)
         status, out = run(env, lambda: stdin, fuzz_node.ctx)
         check_answer(status, out)
+        if status == 1:
+            assert before == host_view(fuzz_node), out
         if command == "ADD" and status == 0:
             # clean up, so later examples find free VFs
             status, out = run(fuzz_node.env("DEL"), lambda: stdin, fuzz_node.ctx)

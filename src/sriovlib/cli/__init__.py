@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -41,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sriovlib`` console script."""
+    if sys.stdout is None:  # started with descriptor 1 closed
+        if sys.stderr is not None:
+            print("sriovlib: error: standard output is closed", file=sys.stderr)
+        return EXIT_USAGE
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
@@ -59,6 +64,7 @@ def _run(args: argparse.Namespace) -> int:
     status = EXIT_OK
     try:
         status = args.func(args)
+        sys.stdout.flush()  # a write error (a full disk, a closed reader) surfaces here
     except BrokenPipeError:
         # the reader (e.g. `| head`) went away: stop quietly, as coreutils do
         sys.stderr.close()
@@ -68,9 +74,21 @@ def _run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         _error(args.command, e)
         status = EXIT_USAGE
+        _drop_stdout()
     except KeyboardInterrupt:
         status = 130
     return status
+
+
+def _drop_stdout() -> None:
+    """After a failed write to standard output, send what is left to /dev/null, so that
+    the interpreter's last flush does not fail again with a traceback."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _error(command: str, error: Exception) -> None:

@@ -8,7 +8,9 @@ passes sriovlib's strict checks and means the same to the device plugin.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -91,14 +93,31 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def _write(path: Path, text: str) -> None:
-    """Replace *path* atomically, so a reader never sees half a config."""
-    directory = path.parent
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.")
+    """Write *text* to *path*: a regular file (or none yet) is replaced atomically, so a
+    reader never sees half a config; a device, a FIFO or ``-`` is written through; a
+    symlink (a ConfigMap's ``..data`` link) is followed, its target judged the same way."""
+    if str(path) == "-":
+        sys.stdout.write(text)
+        return
+    target = Path(os.path.realpath(path))
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
+        with open(target, "w") as f:  # a device or a FIFO: write through, keep the node
+            f.write(text)
+        return
+    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        Path(temp).chmod(0o644)
-        Path(temp).replace(path)
+            f.flush()
+            os.fsync(f.fileno())
+        Path(temp).chmod(stat.S_IMODE(mode) if mode is not None else 0o644)
+        Path(temp).replace(target)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise

@@ -14,9 +14,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from sriovlib._files import read_stream
 from sriovlib.cli._common import add_host_options, open_host, print_json, print_table
 from sriovlib.pools import (
     DEFAULT_PREFIX,
+    MAX_CONFIG,
     Assignment,
     DeviceKind,
     PoolConfig,
@@ -69,9 +71,8 @@ def register(subparsers: Any) -> None:
 def read_config(path: str, *, compat: bool, default_prefix: str = DEFAULT_PREFIX) -> PoolConfig:
     """Parse the config at *path*, or standard input for ``-``."""
     if path == "-":
-        return parse_config(
-            sys.stdin.buffer.read(), compat=compat, source="<stdin>", default_prefix=default_prefix
-        )
+        data = read_stream(sys.stdin, MAX_CONFIG, "standard input")
+        return parse_config(data, compat=compat, source="<stdin>", default_prefix=default_prefix)
     return load_config(path, compat=compat, default_prefix=default_prefix)
 
 

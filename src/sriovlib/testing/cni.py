@@ -477,6 +477,7 @@ class VethNode:
     vfs: list[PciAddress] = attrs.field(factory=list)
     vf_netdevs: list[str] = attrs.field(factory=list)
     pods: list[str] = attrs.field(factory=list)
+    made: int = 0
 
     def __enter__(self) -> VethNode:
         try:
@@ -549,7 +550,8 @@ class VethNode:
 
     def add_pod(self) -> str:
         """A fresh pod namespace; returns its path."""
-        name = f"sriovpod-{self.tag}-{len(self.pods)}"
+        self.made += 1  # not len(self.pods): a deleted pod's number must not come back
+        name = f"sriovpod-{self.tag}-{self.made}"
         _ip("netns", "add", name)
         self.pods.append(name)
         return f"/run/netns/{name}"
