@@ -234,3 +234,32 @@ class TestIgbRoundTrip:
         assert_same(before, after)
         assert [] == guest.records()
         assert [] == guest.reservations()
+
+
+class TestIgbDamagedState:
+    def test_del_with_the_record_and_entry_destroyed(self, guest: Guest) -> None:
+        """The allocation record garbled and the finished entry gone while a real igb VF
+        is in a pod with a VLAN, trust and spoofchk off: DEL brings the VF home (under
+        the kernel's sriovvfN name, its host name being lost) in the safe defaults — no
+        VLAN, spoofchk on, trust off — and only then drops the record and the lease."""
+        vfs = guest.enable_vfs(2)
+        vf = vfs[1]
+        guest.configure(deviceID=vf, vlan=300, spoofchk="off", trust="on")
+        guest.sh("ip netns add pod3")
+        added = guest.cnitool("add", "pod3")
+        assert 0 == added["rc"], added["err"]
+        guest.sh(
+            f"for f in {WORK}/state/allocations/*@*.json; do echo '{{\"format\": 1, ' > $f; "
+            f"done; rm -f {WORK}/state/cni/attachments/*.json"
+        )
+        deleted = guest.cnitool("del", "pod3")
+        assert 0 == deleted["rc"], deleted["err"] + guest.sh(f"cat {WORK}/sriov.log")["out"]
+        after = guest.view(vf)
+        assert after["link"] is not None  # home, in the host namespace
+        assert after["link"]["ifname"].startswith("sriovvf")
+        assert ["lo"] == [link["ifname"] for link in guest.ipj("-n", "pod3", "link", "show")]
+        vlan = (after["vf"]["vlan_list"] or [{}])[0].get("vlan", 0)
+        assert (0, True, False) == (vlan, after["vf"]["spoofchk"], after["vf"]["trust"])
+        assert [] == guest.records()
+        assert [] == guest.reservations()  # the recorded configuration was unreadable,
+        # so this DEL's own configuration released the lease
