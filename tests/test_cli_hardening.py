@@ -94,6 +94,25 @@ class TestBoundedInput:
         assert "ens1f0" in done.stdout
 
 
+class TestNumbers:
+    @pytest.mark.parametrize("value", ["nan", "inf", "-1", "1e400", "soon"])
+    def test_numvfs_timeout_is_finite_and_in_range(self, value: str, tree: FakeSysfs) -> None:
+        """``numvfs --timeout nan`` waited forever for VFs that never came."""
+        done = cli(
+            "numvfs",
+            "ens1f0",
+            "3",
+            "--timeout",
+            value,
+            "--sysfs-root",
+            str(tree.root),
+            timeout=30,
+        )
+        assert 2 == done.returncode, done.stderr
+        assert "seconds" in done.stderr
+        assert "Traceback" not in done.stderr
+
+
 class TestStandardStreams:
     def test_stdin_closed(self) -> None:
         done = cli("pools", "--config", "-", "--example", "mlx5", preexec_fn=lambda: os.close(0))

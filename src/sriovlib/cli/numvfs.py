@@ -29,13 +29,28 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=30.0,
         metavar="S",
         help="how long to wait for the VFs and netdevs (default 30)",
     )
     add_host_options(parser)
     parser.set_defaults(func=run)
+
+
+#: The longest --timeout accepted, in seconds.
+MAX_TIMEOUT = 3600.0
+
+
+def _seconds(text: str) -> float:
+    """A finite number of seconds from 0 to :data:`MAX_TIMEOUT` (``nan`` waited forever)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= MAX_TIMEOUT:  # false for nan too
+        raise argparse.ArgumentTypeError(f"{text!r} is not from 0 to {MAX_TIMEOUT:g} seconds")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
