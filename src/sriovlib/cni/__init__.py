@@ -1,8 +1,8 @@
 """The CNI plugin ``sriov``: sriov-cni's configuration, the full CNI protocol.
 
 An adapter: it translates the protocol and calls the attachment service
-(:mod:`sriovlib.attachments`) and the Host; it imports neither :mod:`sriovlib.netlink`
-nor :mod:`sriovlib.sysfs`.
+(:mod:`sriovlib.attachments`) and the Host; it imports neither of the two modules that
+touch the kernel (netlink, sysfs): see ``docs/architecture.md``.
 
 - :mod:`sriovlib.cni.protocol`: environment, stdin, versions, results, errors;
 - :mod:`sriovlib.cni.netconf`: the network configuration;
