@@ -29,8 +29,11 @@ attach the VF (:meth:`Host.attach <sriovlib.host.Host.attach>` with that snapsho
 address assignment; addresses and routes on the interface; the finished entry. A failure
 at any step undoes every earlier one — address assignment included — and the exception
 says how that went (a note). :meth:`detach`: address release, restore the VF from the
-recorded snapshot, drop the records; nothing left to do is success, and a failed step
-keeps the records so that a retry can finish.
+recorded snapshot (or, where that is lost or does not fit, bring it home in safe
+defaults), drop the records; nothing left to do is success. A VF that cannot be restored
+keeps its records so that a retry can finish; an address release that fails does not
+hold the VF: the VF is freed and the release kept as owed (``cni/owed/``), tried again by
+the next detach and by :meth:`collect`.
 
 *checkpoint*, when given, is called with the name of each step as it completes
 (:data:`ATTACH_STEPS`, :data:`DETACH_STEPS`): the fault-injection tests kill the process
@@ -590,11 +593,16 @@ class AttachmentService:
         recorded, which is success). *vf* is the VF the caller believes it holds, used
         only when nothing is recorded (to take its lock).
 
+        A release still owed from an earlier detach is tried again first.
+
         Raises:
-            ReleaseFailed: the VF could not be restored (the records are kept).
+            ReleaseFailed: the VF could not be restored (the records are kept, and any
+                address release failure is a note).
             LockTimeout, StateError: the lock or the records.
-            Whatever *addressing* raised (the VF is restored all the same; the records
-            are kept). Further failures are notes on the first.
+            Whatever *addressing* raised: the VF is restored and its record dropped all
+                the same (it is free for the next owner), and the release is kept as
+                owed (``cni/owed/``) for the next detach of *owner* and for
+                :meth:`collect`.
         """
         held = self.find(network, owner)
         owed = self._owed(owner)
