@@ -808,12 +808,12 @@ class AttachmentService:
         netns = netns or held.owner.netns
         snapshot = held.snapshot
         try:
-            self.host.vf(held.vf)
+            current = self.host.vf(held.vf)
         except DeviceNotFound:
             log.warning("VF %s no longer exists: nothing to restore", held.vf)
             return
         try:
-            if snapshot is not None and not self._fits(snapshot, held.vf):
+            if snapshot is not None and not self._fits(snapshot, current):
                 snapshot = None
             if snapshot is None:
                 log.warning(
@@ -845,17 +845,18 @@ class AttachmentService:
         if snapshot is not None:
             self._converge(snapshot)
 
-    def _fits(self, snapshot: AttachSnapshot, vf: PciAddress) -> bool:
+    def _fits(self, snapshot: AttachSnapshot, vf: VirtualFunction) -> bool:
         """Whether *snapshot* is one of *vf* as the node has it now (a damaged one that
         names another VF, index or PF must not be restored onto anything)."""
         try:
-            current = self.host.vf(vf)
-            pf = self.host.pf(current.pf_address)
+            pf = self.host.pf(vf.pf_address)
         except SriovError:
             return False
-        fits = (snapshot.vf, snapshot.vf_index, snapshot.pf) == (vf, current.index, pf.address)
-        if not fits or snapshot.pf_netdev not in pf.netdevs:
-            log.warning("the snapshot of VF %s does not fit it: %s", vf, snapshot)
+        here = (vf.address, vf.index, pf.address)
+        if (snapshot.vf, snapshot.vf_index, snapshot.pf) != here or (
+            snapshot.pf_netdev not in pf.netdevs
+        ):
+            log.warning("the snapshot of VF %s does not fit it: %s", vf.address, snapshot)
             return False
         return True
 

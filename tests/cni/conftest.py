@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from sriovlib.models import PciAddress
 from sriovlib.netlink import Route
 from sriovlib.testing import FakeSysfs, add_nic_model
 from sriovlib.testing.builder import FakePf
+from sriovlib.testing.clienttools import ToolUnavailable, cni_plugins_dir, cnitool_path
 from sriovlib.testing.cni import FakeIpam, fake_context
 from sriovlib.testing.fakenetlink import FakeNetlink
 
@@ -94,3 +97,17 @@ def node(tmp_path: Path) -> Node:
     pod = kernel.add_netns("pod1")
     original = {name: kernel.link(name) for name in kernel.link_names()}
     return Node(kernel, pf, ctx, ipam, pod, tmp_path, original)
+
+
+@pytest.fixture(scope="session")
+def cni_tools() -> tuple[Path, Path]:
+    """cnitool and the reference plugins for the kernel + client tier (skips, with the
+    reason, where they cannot be had)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces, veths)")
+    if shutil.which("ip") is None:
+        pytest.skip("needs iproute2's ip")
+    try:
+        return cnitool_path(), cni_plugins_dir()
+    except ToolUnavailable as e:
+        pytest.skip(f"cnitool or the CNI plugins are unavailable: {e}")

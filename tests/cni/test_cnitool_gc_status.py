@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -41,24 +40,11 @@ import attrs
 import pytest
 
 from sriovlib.allocation import AllocationStore
-from sriovlib.testing.clienttools import ToolUnavailable, cni_plugins_dir, cnitool_path
 from sriovlib.testing.cni import VethNode, cni_binary_dir
 
 pytestmark = [pytest.mark.kernel, pytest.mark.client]
 
 LIBCNI_RESULTS = Path("/var/lib/cni/results")
-
-
-@pytest.fixture(scope="session")
-def cni_tools() -> tuple[Path, Path]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces, veths)")
-    if shutil.which("ip") is None:
-        pytest.skip("needs iproute2's ip")
-    try:
-        return cnitool_path(), cni_plugins_dir()
-    except ToolUnavailable as e:
-        pytest.skip(f"cnitool or the CNI plugins are unavailable: {e}")
 
 
 def container_id(pod: str) -> str:

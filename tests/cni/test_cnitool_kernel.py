@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -26,26 +25,11 @@ import pytest
 from sriovlib.allocation import AllocationStore
 from sriovlib.cni.commands import ADD_STEPS
 from sriovlib.testing.cni import (
-    ToolUnavailable,
     VethNode,
     cni_binary_dir,
-    cni_plugins_dir,
-    cnitool_path,
 )
 
 pytestmark = [pytest.mark.kernel, pytest.mark.client]
-
-
-@pytest.fixture(scope="session")
-def cni_tools() -> tuple[Path, Path]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces, veths)")
-    if shutil.which("ip") is None:
-        pytest.skip("needs iproute2's ip")
-    try:
-        return cnitool_path(), cni_plugins_dir()
-    except ToolUnavailable as e:
-        pytest.skip(f"cnitool or the CNI plugins are unavailable: {e}")
 
 
 @attrs.define

@@ -83,6 +83,22 @@ def del_is_honest(node: Node, index: int = 0) -> tuple[int, Any]:
     return status, error
 
 
+def read_at_every_length(node: Node, path: Path, data: bytes) -> None:
+    """*path* cut at every length of *data*: the service reads VF 0's attachment as
+    damaged (no snapshot, the VF still named) or as whole, never anything in between
+    and never an exception."""
+    owner = Owner("c1", "net1", node.pod)
+    whole = node.ctx.service.find("sriov-net", owner)
+    assert whole is not None
+    assert whole.snapshot is not None
+    for length in range(len(data)):
+        path.write_bytes(data[:length])
+        held = node.ctx.service.find("sriov-net", owner)
+        assert held is not None, length
+        assert node.vf(0) == held.vf, length
+        assert held.snapshot in (None, whole.snapshot), length
+
+
 def reset_node(node: Node) -> None:
     """Put the fake node back to pristine after a case (for the loops below)."""
     if node.kernel.link_names(node.pod):
@@ -119,16 +135,7 @@ class TestRecordDamaged:
         record = record_path(node)
         data = record.read_bytes()
         entry_path(node).unlink()
-        owner = Owner("c1", "net1", node.pod)
-        whole = node.ctx.service.find("sriov-net", owner)
-        assert whole is not None
-        assert whole.snapshot is not None
-        for length in range(len(data)):
-            record.write_bytes(data[:length])
-            held = node.ctx.service.find("sriov-net", owner)
-            assert held is not None, length
-            assert node.vf(0) == held.vf, length
-            assert held.snapshot in (None, whole.snapshot), length
+        read_at_every_length(node, record, data)
         reset_node(node)
         for length in sorted({0, 1, len(data) - 1, *range(0, len(data), 50)}):
             add(node)
@@ -211,16 +218,7 @@ class TestEntryDamaged:
         add(node)
         data = entry_path(node).read_bytes()
         record_path(node).write_text("[]")
-        owner = Owner("c1", "net1", node.pod)
-        whole = node.ctx.service.find("sriov-net", owner)
-        assert whole is not None
-        assert whole.snapshot is not None
-        for length in range(len(data)):
-            entry_path(node).write_bytes(data[:length])
-            held = node.ctx.service.find("sriov-net", owner)
-            assert held is not None, length
-            assert node.vf(0) == held.vf, length
-            assert held.snapshot in (None, whole.snapshot), length
+        read_at_every_length(node, entry_path(node), data)
         reset_node(node)
         for length in sorted({0, 1, len(data) - 1, *range(0, len(data), 50)}):
             add(node)
