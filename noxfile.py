@@ -44,6 +44,13 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def protos(session: nox.Session) -> None:
+    """Regenerate the committed gRPC modules of src/sriovlib/agent/api/ from their protos."""
+    session.install(".[protos]")
+    session.run("python", "scripts/gen-protos")
+
+
+@nox.session
 def benchmarks(session: nox.Session) -> None:
     """Run every benchmark in benchmarks/ and print its figures."""
     session.install("-e", ".")

@@ -18,7 +18,7 @@ from sriovlib.testing import FakeSysfs
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "sriovlib"
 #: The entrypoints: protocol translation only.
-ADAPTERS = ("cni", "cli")
+ADAPTERS = ("cni", "cli", "agent")
 #: The only modules that may touch the kernel directly.
 KERNEL_MODULES = ("sriovlib.netlink", "sriovlib.sysfs")
 

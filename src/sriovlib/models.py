@@ -12,7 +12,7 @@ import enum
 import ipaddress
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeAlias
 
 import attrs
@@ -25,6 +25,8 @@ __all__ = [
     "RT_TABLE_MAIN",
     "ZERO_MAC",
     "AttachSnapshot",
+    "ContainerDevices",
+    "DeviceNode",
     "InvalidVfConfig",
     "IpAddress",
     "IpInterface",
@@ -844,3 +846,47 @@ class Route:
         via = f"via {self.gateway}" if self.gateway is not None else "via link"
         table = "" if self.table == RT_TABLE_MAIN else f" table {self.table}"
         return f"{self.dst} {via}{table}"
+
+
+# ---------------------------------------------------------------------------------
+# what a container needs with a device
+# ---------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class DeviceNode:
+    """A device node to expose in a container.
+
+    Attributes:
+        host_path: Where it is on this node (under the sysfs root of a test tree).
+        container_path: Where the container sees it (``/dev/vfio/12``).
+    """
+
+    host_path: str
+    container_path: str
+
+
+@attrs.frozen(kw_only=True)
+class ContainerDevices:
+    """Everything a container needs besides the VF itself, found on the node.
+
+    Attributes:
+        nodes: Device nodes, de-duplicated, in the order they were asked for.
+        mounts: Host paths to mount, as (host path, container path) pairs.
+        env: Extra environment variables from the vendor plugins.
+        vfio_group: The container path of the VF's VFIO group node, or None.
+        rdma_device: The VF's RDMA device (``mlx5_2``), or None.
+        rdma_nodes: The container paths of its character devices by kind
+            (``uverbs``, ``umad``, ``issm``, ``rdma_cm``).
+        vhost_net: Whether ``/dev/vhost-net`` and ``/dev/net/tun`` are among the nodes.
+        missing: Device nodes the VF needs that do not exist on the node.
+    """
+
+    nodes: tuple[DeviceNode, ...] = ()
+    mounts: tuple[tuple[str, str], ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    vfio_group: str | None = None
+    rdma_device: str | None = None
+    rdma_nodes: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    vhost_net: bool = False
+    missing: tuple[str, ...] = ()

@@ -12,6 +12,7 @@ module                      what it does
 :mod:`.drivers`             rebinding a VF's driver, binding a device type's driver
 :mod:`.attach`              snapshot, attach a VF netdev to a namespace, release it
 :mod:`.addresses`           addresses and routes on an interface in a namespace
+:mod:`.devices`             device nodes, mounts and environment a container needs
 ==========================  ===========================================================
 
 Sysfs goes through :class:`~sriovlib.sysfs.Sysfs`, netlink through a
@@ -28,15 +29,18 @@ from typing import TYPE_CHECKING
 from sriovlib.exceptions import NotApplied, VfsNotReady
 from sriovlib.host.addresses import Addresses
 from sriovlib.host.attach import Attach
+from sriovlib.host.devices import container_devices
 from sriovlib.host.drivers import Drivers
 from sriovlib.host.node import USERSPACE_DRIVERS, NodeContext
 from sriovlib.host.numvfs import NumVfs
 from sriovlib.host.settings import VfSettings
 from sriovlib.models import (
     AttachSnapshot,
+    ContainerDevices,
     IpInterface,
     LinkInfo,
     NetnsRef,
+    NetworkDevice,
     NumVfsChange,
     PciAddress,
     PhysicalFunction,
@@ -180,6 +184,14 @@ class Host:
         """The PF with this netdev name or PCI address; :class:`DeviceNotFound` if none."""
         return self.node.pf(name_or_address)
 
+    def pci_function(
+        self, address: str | PciAddress
+    ) -> PhysicalFunction | VirtualFunction | NetworkDevice:
+        """The PF, VF or other NIC at *address*, read afresh; :class:`DeviceNotFound` if
+        there is none."""
+        pci = address if isinstance(address, PciAddress) else PciAddress.parse(address)
+        return self.node.sysfs.device(pci)
+
     def vf(self, address: str | PciAddress) -> VirtualFunction:
         """The VF at this PCI address; :class:`DeviceNotFound` if there is none."""
         return self.node.vf(address)
@@ -284,6 +296,17 @@ class Host:
     ) -> ReleaseReport:
         """Bring a VF home in safe defaults when its snapshot is lost: :meth:`.Attach.reset`."""
         return self._attach.reset(vf, netns, ifname)
+
+    # -- what a container needs with a VF (devices.py) -----------------------------------
+
+    def container_devices(
+        self, vf: VirtualFunction | PciAddress | str, *, rdma: bool = False, vhost_net: bool = False
+    ) -> ContainerDevices:
+        """The device nodes, mounts and environment a container needs with *vf*: the
+        vendor plugins' :meth:`~sriovlib.plugins.manager.PfHooks.device_specs` found on
+        the node. RDMA character devices only with *rdma*; ``/dev/vhost-net`` and
+        ``/dev/net/tun`` with *vhost_net* when both exist. :func:`.container_devices`."""
+        return container_devices(self.node, self.node.fresh_vf(vf), rdma=rdma, vhost_net=vhost_net)
 
     # -- addresses and routes (addresses.py) ---------------------------------------------
 

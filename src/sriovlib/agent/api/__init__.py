@@ -1,0 +1,7 @@
+"""The kubelet's gRPC APIs as protos written for sriovlib, with the Python modules
+grpcio-tools generates from them (``nox -s protos``; committed, and checked to be
+current by the tests).
+
+- ``deviceplugin.proto`` — the device-plugin API ``v1beta1``: the kubelet's
+  ``Registration`` service and the plugin's ``DevicePlugin`` service.
+"""

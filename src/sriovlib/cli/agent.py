@@ -1,0 +1,157 @@
+"""``sriovlib agent``: the node agent, serving the kubelet's device-plugin API per pool.
+
+A drop-in for sriov-network-device-plugin: the same ``config.json`` (``--config``,
+default ``/etc/pcidp/config.json``), resource prefix, socket names, environment
+variables and device-info files. Runs until SIGTERM or SIGINT, then stops the servers
+and removes their sockets. Logs go to standard error (``--log-format json|text``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from sriovlib.cli._common import add_host_options, open_host
+from sriovlib.cli.pools import read_config
+from sriovlib.pools import DEFAULT_PREFIX
+
+__all__ = ["DEFAULT_CONFIG", "register", "run"]
+
+DEFAULT_CONFIG = "/etc/pcidp/config.json"
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``agent`` subcommand."""
+    from sriovlib.agent.runner import (
+        DEFAULT_CDI_DIR,
+        DEFAULT_DEVICE_INFO_DIR,
+        DEFAULT_DEVICE_PLUGIN_DIR,
+    )
+
+    parser = subparsers.add_parser(
+        "agent",
+        help="run the node agent: the kubelet device plugin for every pool",
+        description="Serve every pool of a sriov-network-device-plugin config.json to the "
+        "kubelet (one device-plugin socket per pool), re-registering when the kubelet "
+        "restarts, until SIGTERM.",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=DEFAULT_CONFIG,
+        help="the pool config, sriov-network-device-plugin's config.json (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--compat",
+        action="store_true",
+        help="accept what sriov-network-device-plugin accepts (keys in any case, unknown "
+        "keys...), each leniency logged as a warning",
+    )
+    parser.add_argument(
+        "--resource-prefix",
+        metavar="PREFIX",
+        default=DEFAULT_PREFIX,
+        help="the resource prefix of pools without resourcePrefix (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--device-plugin-dir",
+        metavar="DIR",
+        type=Path,
+        default=DEFAULT_DEVICE_PLUGIN_DIR,
+        help="the kubelet's device-plugin directory (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        type=Path,
+        default=Path("/var/lib/sriovlib"),
+        help="the attachment state directory shared with the CNI plugin (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--device-info-dir",
+        metavar="DIR",
+        type=Path,
+        default=DEFAULT_DEVICE_INFO_DIR,
+        help="where the Multus device-info files go (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--use-cdi",
+        action="store_true",
+        help="hand devices over as CDI devices, with a CDI spec file per pool",
+    )
+    parser.add_argument(
+        "--cdi-dir",
+        metavar="DIR",
+        type=Path,
+        default=DEFAULT_CDI_DIR,
+        help="where the CDI spec files go with --use-cdi (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--allocation-policy",
+        choices=("pack", "spread"),
+        default="pack",
+        help="GetPreferredAllocation, after NUMA affinity: fill the PFs in use first "
+        "(pack) or one device per PF in turn (spread) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines on standard error as text or JSON objects (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="the least severe level logged (default: %(default)s)",
+    )
+    add_host_options(parser, json=False)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM/SIGINT; exit 0 after a clean stop."""
+    from sriovlib.agent import logs
+    from sriovlib.agent.runner import Agent, AgentOptions
+    from sriovlib.allocation import Policy
+
+    logs.setup(args.log_format, getattr(logging, args.log_level.upper()))
+    log = logging.getLogger("sriovlib.agent")
+    config = read_config(args.config, compat=args.compat, default_prefix=args.resource_prefix)
+    for warning in config.warnings:
+        log.warning("config", extra={"problem": str(warning)})
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal: stopping", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with open_host(args) as host:
+            options = AgentOptions(
+                resource_prefix=args.resource_prefix,
+                device_plugin_dir=args.device_plugin_dir,
+                state_dir=args.state_dir,
+                device_info_dir=args.device_info_dir,
+                cdi_dir=args.cdi_dir if args.use_cdi else None,
+                policy=Policy(args.allocation_policy),
+            )
+            agent = Agent(host, config, options)
+            try:
+                agent.start()
+                log.info(
+                    "agent started",
+                    extra={"config": args.config, "resources": [r.name for r in agent.resources]},
+                )
+                stop.wait()
+            finally:
+                agent.stop()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return 0
