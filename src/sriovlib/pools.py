@@ -55,6 +55,7 @@ __all__ = [
     "Unmatched",
     "VfFilter",
     "assign",
+    "check_resource_prefix",
     "config_to_dict",
     "discover_devices",
     "dump_config",
@@ -990,6 +991,17 @@ def _selector_hints(device_type: DeviceType) -> dict[str, str]:
 
 
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def check_resource_prefix(prefix: str) -> str:
+    """*prefix* if it is a resource prefix the kubelet takes (a DNS subdomain such as
+    ``intel.com``); :class:`ValueError` saying why not otherwise."""
+    if len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix):
+        raise ValueError(
+            f"resource prefix {prefix!r} is not a DNS subdomain such as 'intel.com' "
+            "(lower-case letters, digits, '-' and '.'); the kubelet would refuse it"
+        )
+    return prefix
 
 
 def _join(path: str, key: str) -> str:

@@ -17,11 +17,18 @@ from typing import Any
 
 from sriovlib.cli._common import add_host_options, open_host
 from sriovlib.cli.pools import read_config
-from sriovlib.pools import DEFAULT_PREFIX
+from sriovlib.pools import DEFAULT_PREFIX, check_resource_prefix
 
 __all__ = ["DEFAULT_CONFIG", "register", "run"]
 
 DEFAULT_CONFIG = "/etc/pcidp/config.json"
+
+
+def _prefix(text: str) -> str:
+    try:
+        return check_resource_prefix(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def register(subparsers: Any) -> None:
@@ -54,6 +61,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--resource-prefix",
         metavar="PREFIX",
+        type=_prefix,
         default=DEFAULT_PREFIX,
         help="the resource prefix of pools without resourcePrefix (default: %(default)s)",
     )
