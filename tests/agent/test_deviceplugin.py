@@ -378,3 +378,20 @@ def test_pools_without_devices_are_not_served(
     assert container.envs["PCIDEVICE_EXAMPLE_COM_NET"] == "0000:5e:00.4"
     assert (node.device_plugin_dir / "example.com_net.sock").is_socket()
     assert Path(node.tmp / "devinfo" / "example.com-net-0000:5e:00.4-device.json").exists()
+
+
+def test_a_server_that_stops_answering_is_restarted(
+    node: Node, kubelet: KubeletStandIn, start_agent: StartAgent
+) -> None:
+    agent = start_agent()
+    kubelet.wait_plugin(NET)
+    (server,) = [s for s in agent.servers if s.resource.name == NET]
+    grpc_server = server._server
+    assert grpc_server is not None
+    grpc_server.stop(0).wait()  # the server dies, whatever becomes of its socket
+    assert server.probe() is not None
+    assert agent.supervisor is not None
+    agent.supervisor.step(now=time.monotonic() + 3600)  # past the next health probe
+    plugin = kubelet.wait_plugin(NET, after=1)
+    assert server.probe() is None
+    assert plugin.allocate(["0000:5e:00.2"]).container_responses
