@@ -11,7 +11,8 @@ RPC                         answer
 GetDevicePluginOptions      preferred allocation available; no PreStartContainer
 ListAndWatch                every device with its health and NUMA node, again on each change
 GetPreferredAllocation      NUMA node first, then pack (or spread) over PFs; devices a CNI
-                            attachment record still holds last
+                            attachment record still holds last; none when the request
+                            cannot be met (the kubelet then chooses)
 Allocate                    env, device nodes (or CDI devices), device-info files;
                             NOT_FOUND for an unknown ID, FAILED_PRECONDITION for an unhealthy one
 PreStartContainer           nothing to do (not requested)
@@ -77,19 +78,13 @@ class DevicePluginService(pb_grpc.DevicePluginServicer):
         self.granter = granter
         self.policy = policy
         self.held = held
-        self.calls: dict[str, int] = {}
-
-    def _count(self, rpc: str) -> None:
-        self.calls[rpc] = self.calls.get(rpc, 0) + 1
 
     def GetDevicePluginOptions(self, request: pb.Empty, context: Any) -> pb.DevicePluginOptions:
-        self._count("GetDevicePluginOptions")
         return pb.DevicePluginOptions(
             pre_start_required=False, get_preferred_allocation_available=True
         )
 
     def ListAndWatch(self, request: pb.Empty, context: Any) -> Iterator[pb.ListAndWatchResponse]:
-        self._count("ListAndWatch")
         topology = not self.resource.pool.exclude_topology
         seen = 0
         while context.is_active():
@@ -117,11 +112,10 @@ class DevicePluginService(pb_grpc.DevicePluginServicer):
     def GetPreferredAllocation(
         self, request: pb.PreferredAllocationRequest, context: Any
     ) -> pb.PreferredAllocationResponse:
-        self._count("GetPreferredAllocation")
         held = self.held() if request.container_requests else frozenset()
         response = pb.PreferredAllocationResponse()
         for container in request.container_requests:
-            chosen = self._prefer(container, held, context)
+            chosen = self._prefer(container, held)
             response.container_responses.add(deviceIDs=chosen)
             log.info(
                 "GetPreferredAllocation",
@@ -130,7 +124,7 @@ class DevicePluginService(pb_grpc.DevicePluginServicer):
         return response
 
     def _prefer(
-        self, container: pb.ContainerPreferredAllocationRequest, held: frozenset[str], context: Any
+        self, container: pb.ContainerPreferredAllocationRequest, held: frozenset[str]
     ) -> tuple[str, ...]:
         offered = self.resource.candidates(container.available_deviceIDs)
         healthy = {d.id for d in self.resource.devices() if d.healthy}
@@ -145,11 +139,14 @@ class DevicePluginService(pb_grpc.DevicePluginServicer):
                 return preferred_allocation(candidates, size, must_include=must, policy=self.policy)
             except PreferenceError as e:
                 problem = str(e)
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{self.resource.name}: {problem}")
-        raise AssertionError("unreachable")  # abort raises
+        # An error would fail the pod's admission; no preference lets the kubelet choose.
+        log.warning(
+            "GetPreferredAllocation: no preference",
+            extra={"resource": self.resource.name, "reason": problem},
+        )
+        return ()
 
     def Allocate(self, request: pb.AllocateRequest, context: Any) -> pb.AllocateResponse:
-        self._count("Allocate")
         started = time.perf_counter()
         response = pb.AllocateResponse()
         for container in request.container_requests:
@@ -175,7 +172,6 @@ class DevicePluginService(pb_grpc.DevicePluginServicer):
     def PreStartContainer(
         self, request: pb.PreStartContainerRequest, context: Any
     ) -> pb.PreStartContainerResponse:
-        self._count("PreStartContainer")
         return pb.PreStartContainerResponse()
 
 
