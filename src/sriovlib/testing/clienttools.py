@@ -48,6 +48,8 @@ __all__ = [
     "cni_plugins_dir",
     "cnitool_path",
     "ensure_packages",
+    "go_environ",
+    "go_toolchain",
 ]
 
 #: The release of ``github.com/containernetworking/cni`` that cnitool is built from: the
@@ -211,23 +213,23 @@ def _install_backports_go(codename: str) -> None:
     _apt("install", "-y", "-q", "--no-install-recommends", "-t", suite, "golang-go")
 
 
-def _go() -> str:
-    """A Go toolchain of at least :data:`GO_MINIMUM`: the newest one present, else (as
-    root) Debian's ``golang-go`` from backports.
+def go_toolchain(at_least: tuple[int, ...] = GO_MINIMUM) -> str:
+    """A Go toolchain of at least *at_least* (default :data:`GO_MINIMUM`): the newest one
+    present, else (as root) Debian's ``golang-go`` from backports.
 
     Raises:
         ToolUnavailable: there is none and it cannot be installed or is too old.
     """
-    minimum = ".".join(map(str, GO_MINIMUM))
+    minimum = ".".join(map(str, at_least))
     best = _find_go()
-    if best is not None and best[1] >= GO_MINIMUM:
+    if best is not None and best[1] >= at_least:
         return best[0]
     have = "no Go" if best is None else f"Go {'.'.join(map(str, best[1]))} at {best[0]}"
     codename = _codename()
     _may_install(f"Go >= {minimum} ({have}; would install golang-go from {codename}-backports)")
     _install_backports_go(codename)
     best = _find_go()
-    if best is None or best[1] < GO_MINIMUM:
+    if best is None or best[1] < at_least:
         got = "no Go" if best is None else f"Go {'.'.join(map(str, best[1]))}"
         raise ToolUnavailable(
             f"needs Go >= {minimum}; golang-go from {codename}-backports gave {got}"
@@ -265,13 +267,13 @@ def cnitool_path() -> Path:
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not target.exists():
-            _build_cnitool(_go(), target)
+            _build_cnitool(go_toolchain(), target)
     finally:
         os.close(lock)
     return target
 
 
-def _go_environ(go_root: Path, gobin: str) -> dict[str, str]:
+def go_environ(go_root: Path, gobin: str) -> dict[str, str]:
     """The environment of the build: everything under *go_root*, the binary into *gobin*."""
     modcache = go_root / "pkg" / "mod"
     upstream = os.environ.get("GOPROXY") or _DEFAULT_GOPROXY
@@ -297,7 +299,7 @@ def _build_cnitool(go: str, target: Path) -> None:
             proc = subprocess.run(
                 [go, "install", "-trimpath", f"{CNITOOL_PACKAGE}@{CNITOOL_VERSION}"],
                 cwd=work,
-                env=_go_environ(target.parent / "go", work),
+                env=go_environ(target.parent / "go", work),
                 capture_output=True,
                 text=True,
                 timeout=900,

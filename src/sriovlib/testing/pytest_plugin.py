@@ -6,8 +6,9 @@ Fixtures:
         tests using it skip with a one-line reason where the VM cannot run.
     sriov_vm_clean: the same VM, reset first (no VFs, no namespaces, PFs up).
 
-Markers: ``kernel`` (root, real netlink in throw-away namespaces), ``vm`` (the VM tier)
-and ``client`` (real CNI/kubelet clients).
+Markers: ``kernel`` (root, real netlink in throw-away namespaces), ``vm`` (the VM tier),
+``client`` (real CNI/kubelet clients) and ``kube`` (a real one-node Kubernetes,
+:mod:`sriovlib.testing.kube`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ MARKERS = {
     "kernel": "needs root and real netlink in throw-away network namespaces",
     "vm": "runs in a QEMU VM with an emulated SR-IOV NIC (real igb/igbvf driver)",
     "client": "drives an entrypoint through a real client (cnitool, kubelet stand-in)",
+    "kube": "runs a real kubelet, kube-apiserver, etcd, containerd and runc (built once)",
 }
 
 

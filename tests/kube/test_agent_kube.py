@@ -1,0 +1,150 @@
+"""``sriovlib agent`` against a real kubelet and API server, on the "mixed" example node.
+
+The node's i40e PFs have 12 iavf VFs (pool ``kt_net``) and 4 on vfio-pci (``kt_dpdk``),
+6 + 2 per PF. Every behaviour the kubelet sees is checked in the API (node Allocatable,
+pod status) and in the container (what it prints), never in the agent alone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from sriovlib.testing.kube import KubeCluster
+
+pytestmark = pytest.mark.kube
+
+CONFIG = {
+    "resourceList": [
+        {"resourceName": "kt_net", "selectors": {"vendors": ["8086"], "drivers": ["iavf"]}},
+        {"resourceName": "kt_dpdk", "selectors": {"drivers": ["vfio-pci"]}},
+    ]
+}
+NET, DPDK = "intel.com/kt_net", "intel.com/kt_dpdk"
+
+
+@pytest.fixture(scope="module")
+def layout() -> dict[str, Any]:
+    """The example node as ``sriovlib list --json`` sees it: VF address → (PF, IOMMU group)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "sriovlib", "list", "--example", "mixed", "--json"],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    return {
+        vf["address"]: (pf["name"], vf["iommu_group"], vf["driver"])
+        for pf in json.loads(out)["pfs"]
+        for vf in pf["vfs"]
+    }
+
+
+def _env(log: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in log.splitlines() if line.startswith("PCIDEVICE_"))
+
+
+def test_pools_register_and_node_allocatable_shows_them(cluster: KubeCluster, agent_factory: Any):
+    agent = agent_factory(CONFIG)
+    registered = agent.wait_event("registered", count=2)
+    assert {r["resource"] for r in registered} == {NET, DPDK}
+    cluster.wait_allocatable(NET, "12")
+    cluster.wait_allocatable(DPDK, "4")
+    capacity = cluster.node()["status"]["capacity"]
+    assert (capacity[NET], capacity[DPDK]) == ("12", "4")
+    described = cluster.kubectl("describe", "node", cluster.node_name)
+    allocatable = described.split("Allocatable:", 1)[1].split("System Info:", 1)[0]
+    assert re.search(rf"{NET}:\s+12\n", allocatable)
+
+
+def test_a_pod_gets_env_and_device_files(
+    cluster: KubeCluster, agent_factory: Any, layout: dict[str, Any]
+):
+    agent = agent_factory(CONFIG)
+    cluster.wait_allocatable(DPDK, "4")
+    script = (
+        "env | grep ^PCIDEVICE_; for f in /dev/vfio/*; do echo dev: ${f##*/}; done;"
+        "test -c /dev/vfio/vfio && echo vfio-is-chardev; true"
+    )
+    cluster.create(cluster.pod("vf-user", script, limits={NET: 1, DPDK: 1}))
+    pod = cluster.wait_pod("vf-user", ("Succeeded", "Failed"))
+    log = cluster.pod_log("vf-user")
+    assert pod["status"]["phase"] == "Succeeded", (pod["status"], log)
+    env = _env(log)
+    net, dpdk = env["PCIDEVICE_INTEL_COM_KT_NET"], env["PCIDEVICE_INTEL_COM_KT_DPDK"]
+    assert layout[net][2] == "iavf"
+    assert layout[dpdk][2] == "vfio-pci"
+    info = json.loads(env["PCIDEVICE_INTEL_COM_KT_DPDK_INFO"])
+    group = str(layout[dpdk][1])
+    assert info[dpdk]["vfio"] == {"mount": "/dev/vfio/vfio", "dev-mount": f"/dev/vfio/{group}"}
+    assert set(json.loads(env["PCIDEVICE_INTEL_COM_KT_NET_INFO"])) == {net}
+    devices = {line[5:] for line in log.splitlines() if line.startswith("dev: ")}
+    assert devices == {"vfio", group}  # the container sees its group and nothing else
+    assert "vfio-is-chardev" in log
+    (allocate,) = [e for e in agent.events("Allocate") if e["resource"] == DPDK]
+    assert allocate["devices"] == [[dpdk]]
+    devinfo = json.loads(
+        (agent.tmp / "devinfo" / f"intel.com-kt_dpdk-{dpdk}-device.json").read_text()
+    )
+    assert devinfo["pci"]["pci-address"] == dpdk  # what Multus hands the CNI plugin
+
+
+def test_asking_for_more_than_is_free_is_rejected_at_admission(
+    cluster: KubeCluster, agent_factory: Any
+):
+    agent = agent_factory(CONFIG)
+    cluster.wait_allocatable(DPDK, "4")
+    cluster.create(cluster.pod("greedy", "true", limits={DPDK: 5}))
+    status = cluster.wait_pod("greedy", ("Failed", "Succeeded"))["status"]
+    assert status["phase"] == "Failed"
+    assert status["reason"] == "UnexpectedAdmissionError"
+    assert "Requested: 5, Available: 4" in status["message"]
+    assert not agent.events("Allocate")  # refused by the kubelet, before the plugin
+
+
+def test_kubelet_restart_reregisters_and_capacity_comes_back(
+    cluster: KubeCluster, agent_factory: Any
+):
+    agent = agent_factory(CONFIG)
+    cluster.wait_allocatable(NET, "12")
+    agent.wait_event("registered", count=2)
+    cluster.restart_kubelet()  # it deletes every plugin socket and makes a new kubelet.sock
+    again = agent.wait_event("registered", count=4, timeout=60)
+    assert {r["resource"] for r in again[2:]} == {NET, DPDK}
+    cluster.wait_allocatable(NET, "12")
+    cluster.wait_allocatable(DPDK, "4")
+    cluster.create(cluster.pod("after-restart", "env | grep ^PCIDEVICE_", limits={NET: 1}))
+    assert cluster.wait_pod("after-restart", ("Succeeded", "Failed"))["status"]["phase"] == (
+        "Succeeded"
+    )
+    assert "PCIDEVICE_INTEL_COM_KT_NET=" in cluster.pod_log("after-restart")
+
+
+def test_agent_restart_brings_capacity_back(cluster: KubeCluster, agent_factory: Any):
+    agent = agent_factory(CONFIG)
+    cluster.wait_allocatable(NET, "12")
+    assert agent.stop() == 0
+    cluster.wait_allocatable(NET, "0")  # the kubelet saw the plugin go
+    assert not list(cluster.device_plugin_dir.glob("intel.com_*.sock"))
+    agent.start()
+    cluster.wait_allocatable(NET, "12")
+    cluster.wait_allocatable(DPDK, "4")
+
+
+@pytest.mark.parametrize("policy", ["pack", "spread"])
+def test_preferred_allocation_is_asked_for_and_honoured(
+    cluster: KubeCluster, agent_factory: Any, layout: dict[str, Any], policy: str
+):
+    agent = agent_factory(CONFIG, "--allocation-policy", policy)
+    cluster.wait_allocatable(NET, "12")
+    cluster.create(cluster.pod("pair", "env | grep ^PCIDEVICE_", limits={NET: 2}))
+    assert cluster.wait_pod("pair", ("Succeeded", "Failed"))["status"]["phase"] == "Succeeded"
+    (preferred,) = [e for e in agent.events("GetPreferredAllocation") if e["resource"] == NET]
+    (allocate,) = [e for e in agent.events("Allocate") if e["resource"] == NET]
+    assert sorted(allocate["devices"][0]) == sorted(preferred["devices"])
+    given = _env(cluster.pod_log("pair"))["PCIDEVICE_INTEL_COM_KT_NET"].split(",")
+    assert sorted(given) == sorted(preferred["devices"])
+    pfs = {layout[address][0] for address in given}
+    assert len(pfs) == (1 if policy == "pack" else 2)
