@@ -1,6 +1,7 @@
 """pytest fixtures for the VM tier (tests marked ``vm``).
 
-- ``sriov_vm`` (session): one :class:`~sriovlib.testing.vm.SriovVM` with one igb PF,
+- ``sriov_vm`` (session): one :class:`~sriovlib.testing.vm.SriovVM` with one igb PF and
+  3 GiB (enough for the kube tier's kubelet, API server, etcd and containerd),
   booted on first use and stopped at the end of the session; every test using it skips
   with a one-line reason where the VM cannot run (:func:`~sriovlib.testing.vm.
   unavailable_reason`). A failed boot errors every test that uses it (not one boot
@@ -86,7 +87,7 @@ def sriov_vm(request: pytest.FixtureRequest) -> Iterator[SriovVM]:
     reason = unavailable_reason()
     if reason is not None:
         pytest.skip(f"SR-IOV VM unavailable: {reason}")
-    vm = SriovVM(pfs=1)
+    vm = SriovVM(pfs=1, memory_mb=3072)  # the kube tier runs a whole node in it
     try:
         with _capture_disabled(request):
             vm.start()
