@@ -558,17 +558,18 @@ state = "{run}/containerd/state"
     def pod(
         self,
         name: str,
-        command: str,
+        command: str | list[str],
         *,
         limits: Mapping[str, int] | None = None,
         restart: str = "Never",
     ) -> dict[str, Any]:
-        """A pod manifest bound to this node: one busybox container running *command*."""
+        """A pod manifest bound to this node: one busybox container running *command*
+        (a shell command line, or an argv run without a shell)."""
         container: dict[str, Any] = {
             "name": "app",
             "image": BUSYBOX_IMAGE,
             "imagePullPolicy": "Never",
-            "command": ["/bin/sh", "-c", command],
+            "command": ["/bin/sh", "-c", command] if isinstance(command, str) else command,
         }
         if limits:
             container["resources"] = {"limits": {k: str(v) for k, v in limits.items()}}
