@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sriovlib.host import Host
+from sriovlib.exceptions import NotApplied
+from sriovlib.host import Host, settings
 from sriovlib.models import InvalidVfConfig, PciId, VfConfig, VfKnob
 from sriovlib.netlink import InvalidValue, KernelError, Unsupported
 from sriovlib.plugins import DeviceType, EswitchMode, PfMatch, VfLimit, hookimpl
@@ -45,6 +46,38 @@ class TestMacReachesTheNetdev:
         assert (vf.netdev, MAC) == (after.netdev, kernel.link(after.netdev or "").mac)
         writes = [path.rsplit("/", 1)[1] for path, _ in kernel.sysfs_writes]
         assert ["unbind", "bind"] == writes
+
+    def test_igb_probes_again_while_the_pf_resets(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A VF driver probed during a PF reset makes up a MAC: probe again until the
+        admin MAC is on the netdev."""
+        monkeypatch.setattr(settings, "REBIND_PAUSE", 0.001)
+        kernel = kernel_with(tmp_path, "igb")
+        host = host_of(kernel)
+        vf = host.vfs("pf0")[1]
+        kernel.reset_pf("pf0", probes=2)
+        host.configure_vf(vf, VfConfig(mac=MAC))
+        after = host.vf(vf.address)
+        assert (vf.netdev, MAC) == (after.netdev, kernel.link(after.netdev or "").mac)
+        writes = [path.rsplit("/", 1)[1] for path, _ in kernel.sysfs_writes]
+        assert ["unbind", "bind"] * 3 == writes
+
+    def test_igb_gives_up_on_a_pf_that_keeps_resetting(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """When every probe misses, the error says so and the admin MAC is rolled back."""
+        monkeypatch.setattr(settings, "REBIND_PAUSE", 0.001)
+        kernel = kernel_with(tmp_path, "igb")
+        host = host_of(kernel)
+        vf = host.vfs("pf0")[1]
+        before = kernel.vf_state(vf.pf_address, 1)
+        kernel.reset_pf("pf0", probes=100)
+        with pytest.raises(NotApplied, match=f"mac of the VF netdev: asked {MAC}"):
+            host.configure_vf(vf, VfConfig(mac=MAC))
+        assert before == kernel.vf_state(vf.pf_address, 1)
+        writes = [path.rsplit("/", 1)[1] for path, _ in kernel.sysfs_writes]
+        assert settings.REBIND_ATTEMPTS * 2 == len(writes)
 
     def test_igb_without_its_plugin_fails_and_rolls_back(self, tmp_path: Path) -> None:
         """Without the igb plugin the netdev MAC set is refused (igb locks an admin MAC)

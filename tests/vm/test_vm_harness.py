@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sriovlib.testing.vm import CommandResult, GuestError, SriovVM, VMTimeoutError
+from sriovlib.testing.vm import MAX_MEMORY_MB, CommandResult, GuestError, SriovVM, VMTimeoutError
 from sriovlib.testing.vm_fixtures import reset_guest
 
 pytestmark = pytest.mark.vm
@@ -142,3 +142,10 @@ class TestReset:
             " ip netns list | wc -l"
         )
         assert after.stdout.split() == ["0", "1", "0", "0"]
+
+
+def test_memory_that_silences_the_igb_mailbox_is_refused() -> None:
+    """From MAX_MEMORY_MB on, igbvf never gets its MAC from the PF: refuse it up front."""
+    with pytest.raises(ValueError, match=f"below {MAX_MEMORY_MB}"):
+        SriovVM(memory_mb=MAX_MEMORY_MB)
+    assert MAX_MEMORY_MB - 1 == SriovVM(memory_mb=MAX_MEMORY_MB - 1).memory_mb

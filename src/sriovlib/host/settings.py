@@ -53,6 +53,11 @@ from sriovlib.plugins.types import MacFixup, Severity
 
 __all__ = ["VfSettings"]
 
+#: How often a VF driver is re-probed for an admin MAC to reach its netdev, and the
+#: pause after the first miss (doubled after each).
+REBIND_ATTEMPTS = 5
+REBIND_PAUSE = 0.25
+
 
 @attrs.frozen
 class _Step:
@@ -207,7 +212,30 @@ class VfSettings:
                 bind(set_mac, self.node.netlink, self.node.netlink.get_link(vf.netdev).index, mac)
             )
             return
-        self.drivers.rebind_vf(vf)
+        self._rebind_for_mac(pf, vf, mac)
+
+    def _rebind_for_mac(self, pf: PhysicalFunction, vf: VirtualFunction, mac: str) -> None:
+        """Re-probe the VF driver until its netdev carries *mac*.
+
+        A VF driver that probes while its PF resets (igb does for up to a second after a
+        ``sriov_numvfs`` change) cannot reach the PF and makes up a MAC: probe again,
+        waiting longer each time.
+        """
+        pause = REBIND_PAUSE
+        for attempt in range(1, REBIND_ATTEMPTS + 1):
+            fresh = self.drivers.rebind_vf(vf)
+            seen = self.node.sysfs.netdev_mac(fresh.netdev) if fresh.netdev else mac
+            if seen == mac:
+                return
+            if attempt < REBIND_ATTEMPTS:
+                time.sleep(pause)
+                pause *= 2
+        raise NotApplied(
+            f"{pf_netdev(pf)} vf {vf.index}",
+            pf.driver,
+            (("mac of the VF netdev", mac, seen),),
+            f"after {REBIND_ATTEMPTS} driver re-probes",
+        )
 
     def _plan(  # noqa: PLR0912 - one branch per setting, in the documented order
         self, pf_name: str, index: int, config: VfConfig, before: VfState

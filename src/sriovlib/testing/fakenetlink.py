@@ -21,7 +21,8 @@ It enforces the kernel's rules rather than accepting everything:
   what the real igb driver does (measured in the VM tier: ``link_state`` and
   ``query_rss`` EOPNOTSUPP, ``min_tx_rate > 0`` EINVAL, ``max_tx_rate`` only
   ``0 < R <= 1000`` while the PF has carrier, 802.1ad EPROTONOSUPPORT); other drivers
-  get :data:`PERMISSIVE` unless you pass rules;
+  get :data:`PERMISSIVE` unless you pass rules; a VF driver probing while its PF resets
+  (:meth:`FakeNetlink.reset_pf`) makes up a MAC instead of taking the admin MAC;
 - links live in namespaces (files whose inode is their identity, as with ``nsfs``);
   names are unique per namespace, counting altnames; a rename of an up link is EBUSY (as
   on kernel 6.1); a move into a namespace with the new name in one request renames in the
@@ -261,6 +262,7 @@ class FakeNetlink:
         self._timers: list[threading.Timer] = []
         self._id_driver: dict[str, str] = {}  # PCI address -> its kernel (netdev) driver
         self._last_mac: dict[str, str] = {}  # PCI address -> MAC of its last netdev
+        self._resetting: dict[str, int] = {}  # PF PCI address -> VF probes left in the reset
         self._load()
 
     def __repr__(self) -> str:
@@ -366,6 +368,19 @@ class FakeNetlink:
             raise ValueError(f"{pf_netdev} is not a PCI netdev")
         _write(self._device(link.parent) / "net" / pf_netdev / "carrier", "1" if carrier else "0")
 
+    def reset_pf(self, pf_netdev: str, probes: int = 1) -> None:
+        """Put the PF in a reset that lasts for the next *probes* VF driver probes under it.
+
+        A VF driver that probes while its PF resets cannot ask the PF for its MAC and
+        makes one up, ignoring the admin MAC (igbvf does this for up to a second after
+        every ``sriov_numvfs`` change on the real 82576).
+        """
+        with self._lock:
+            link = self._by_name(self._home, pf_netdev, "reset PF")
+            if link.parent is None:
+                raise ValueError(f"{pf_netdev} is not a PCI netdev")
+            self._resetting[link.parent] = probes
+
     def fail(
         self, kind: str, code: int, *, match: str | Callable[[str], bool] = "", times: int = 1
     ) -> None:
@@ -462,7 +477,11 @@ class FakeNetlink:
             return
         mac = self._last_mac.get(address, "02:00:00:00:00:01")
         vf = self._vf_record(address)
-        if vf is not None and vf.admin_mac:
+        pf = _basename(device / "physfn")
+        if pf is not None and self._resetting.get(pf, 0) > 0:
+            self._resetting[pf] -= 1
+            mac = ":".join(f"{b:02x}" for b in (0x02, *os.urandom(5)))
+        elif vf is not None and vf.admin_mac:
             mac = vf.mac
         name = next(f"eth{n}" for n in range(1000) if not self._taken(self._home, f"eth{n}"))
         net = real / "net" / name

@@ -597,13 +597,15 @@ state = "{run}/containerd/state"
 
     def pod_log(self, name: str, container: str = "app", namespace: str = "default") -> str:
         """What the container wrote (stdout and stderr), from the CRI log files."""
+        # a deleted pod of the same name may leave its directory behind for a while
+        uid = self.get("pod", name, namespace=namespace)["metadata"]["uid"]
+        directory = self.run_dir / "pod-logs" / f"{namespace}_{name}_{uid}" / container
         lines = []
-        for directory in sorted((self.run_dir / "pod-logs").glob(f"{namespace}_{name}_*")):
-            for log in sorted((directory / container).glob("*.log")):
-                for line in log.read_text(errors="replace").splitlines():
-                    # <time> <stream> <P|F> <text>
-                    parts = line.split(" ", 3)
-                    lines.append(parts[3] if len(parts) == 4 else "")
+        for log in sorted(directory.glob("*.log")):
+            for line in log.read_text(errors="replace").splitlines():
+                # <time> <stream> <P|F> <text>
+                parts = line.split(" ", 3)
+                lines.append(parts[3] if len(parts) == 4 else "")
         return "\n".join(lines) + ("\n" if lines else "")
 
     def delete_pod(self, name: str, *, wait: bool = True) -> None:

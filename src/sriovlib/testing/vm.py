@@ -99,6 +99,7 @@ import attrs
 
 __all__ = [
     "HOST_GRACE",
+    "MAX_MEMORY_MB",
     "CommandResult",
     "GuestError",
     "SriovVM",
@@ -109,6 +110,9 @@ __all__ = [
 
 #: Seconds the host waits beyond a request's own timeout before declaring the guest hung.
 HOST_GRACE = 30.0
+#: Guest memory from which q35 maps RAM above 4 GiB; QEMU 10's igb then leaves the VFs'
+#: reset handshake unanswered (measured: 2304 MiB works, 2816 MiB does not).
+MAX_MEMORY_MB = 2816
 
 PORT_NAME = "org.sriovlib.agent"
 #: Loaded by the initramfs (with their dependencies, in order) to reach the host root.
@@ -602,7 +606,9 @@ class SriovVM:
 
         Args:
             pfs: number of igb NICs (PFs), each behind its own PCIe root port.
-            memory_mb: guest memory.
+            memory_mb: guest memory, below :data:`MAX_MEMORY_MB` (q35 puts RAM above
+                4 GiB from there on, and QEMU's igb then stops answering the VFs'
+                mailbox: igbvf logs "PF still in reset state" and makes up a MAC).
             boot_timeout: seconds from QEMU start to the agent's hello (PFs up, carrier).
             cpus: guest vCPUs (default: 2, or 1 on a single-CPU host).
             accel: ``"kvm"``, ``"tcg"`` or None (``$SRIOV_VM_ACCEL`` or auto: KVM only
@@ -614,6 +620,11 @@ class SriovVM:
         """
         if pfs < 1:
             raise ValueError("pfs must be at least 1")
+        if memory_mb >= MAX_MEMORY_MB:
+            raise ValueError(
+                f"memory_mb must be below {MAX_MEMORY_MB}: with guest RAM above 4 GiB the "
+                "emulated igb no longer answers its VFs"
+            )
         self.pfs = pfs
         self.memory_mb = memory_mb
         self.boot_timeout = boot_timeout

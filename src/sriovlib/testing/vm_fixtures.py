@@ -1,7 +1,8 @@
 """pytest fixtures for the VM tier (tests marked ``vm``).
 
 - ``sriov_vm`` (session): one :class:`~sriovlib.testing.vm.SriovVM` with one igb PF and
-  3 GiB (enough for the kube tier's kubelet, API server, etcd and containerd),
+  2.5 GiB (enough for the kube tier's kubelet, API server, etcd and containerd, and
+  below :data:`~sriovlib.testing.vm.MAX_MEMORY_MB`),
   booted on first use and stopped at the end of the session; every test using it skips
   with a one-line reason where the VM cannot run (:func:`~sriovlib.testing.vm.
   unavailable_reason`). A failed boot errors every test that uses it (not one boot
@@ -87,7 +88,7 @@ def sriov_vm(request: pytest.FixtureRequest) -> Iterator[SriovVM]:
     reason = unavailable_reason()
     if reason is not None:
         pytest.skip(f"SR-IOV VM unavailable: {reason}")
-    vm = SriovVM(pfs=1, memory_mb=3072)  # the kube tier runs a whole node in it
+    vm = SriovVM(pfs=1, memory_mb=2560)  # the kube tier runs a whole node in it
     try:
         with _capture_disabled(request):
             vm.start()
