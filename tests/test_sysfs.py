@@ -51,6 +51,23 @@ class TestDiscovery:
         assert {pf1.address} == {v.pf_address for v in vfs}
         assert PciAddress.parse("0000:3b:00.2") == host.vfs(pf0.address.__str__())[0].address
 
+    @pytest.mark.parametrize("damage", [None, "missing", "wrong"])
+    def test_one_vf_read_by_address_knows_its_index(
+        self, fake_sysfs: FakeSysfs, damage: str | None
+    ) -> None:
+        """A VF read alone gets the index of its virtfnN link, whether the PF's offset
+        and stride lead straight to it or not (then every link is read)."""
+        (pf,) = add_nic_model(fake_sysfs, "i40e", bus=0x5E, num_vfs=6, ports=1)
+        pf_dir = fake_sysfs.root / "sys/bus/pci/devices" / str(pf.address)
+        for name in ("sriov_offset", "sriov_stride"):
+            if damage == "missing":
+                (pf_dir / name).unlink()
+            elif damage == "wrong":
+                (pf_dir / name).write_text("3\n")
+        host = Host(fake_sysfs.root)
+        assert [0, 4, 5] == [host.vf(pf.vf_address(i)).index for i in (0, 4, 5)]
+        assert () == host.vf(pf.vf_address(5)).problems
+
     def test_vfio_vf_has_no_netdev_but_iommu_group(self, fake_sysfs: FakeSysfs) -> None:
         """A VF bound to vfio-pci has no netdev and sits in an IOMMU group."""
         add_nic_model(fake_sysfs, "i40e", bus=0x5E, num_vfs=4, ports=1, vfio_vfs=[2])

@@ -222,7 +222,8 @@ class Sysfs:
         )
 
     def device(self, address: PciAddress) -> PhysicalFunction | VirtualFunction | NetworkDevice:
-        """Read one device by address without scanning the bus."""
+        """Read one device by address without scanning the bus (nor, for a PF, its
+        ``virtfnN`` links: :meth:`scan` reports their problems)."""
         name = str(address)
         path = f"{self._devices}/{name}"
         if not os.path.exists(path):
@@ -230,13 +231,16 @@ class Sysfs:
         dev = _Device(path, name)
         physfn = _readlink_basename(f"{path}/physfn")
         if physfn is not None:
-            index: dict[str, int] = {}
-            self._virtfn_indices(_Device(f"{self._devices}/{physfn}", physfn), index)
+            pf = _Device(f"{self._devices}/{physfn}", physfn)
+            index = self._virtfn_index(pf, address)
+            if index is None:
+                index = {}
+                self._virtfn_indices(pf, index)
             return self._vf(dev, physfn, index)
         total = dev.number("sriov_totalvfs")
         if total is None and not dev.problems:
             return self._nic(dev)
-        return self._pf(dev, total, {})
+        return self._pf(dev, total, None)
 
     def netdev_address(self, netdev: str) -> PciAddress | None:
         """The PCI address behind interface *netdev*, or None for a virtual interface."""
@@ -458,7 +462,10 @@ class Sysfs:
             problems=tuple(dev.problems),
         )
 
-    def _pf(self, dev: _Device, total: int | None, vf_index: dict[str, int]) -> PhysicalFunction:
+    def _pf(
+        self, dev: _Device, total: int | None, vf_index: dict[str, int] | None
+    ) -> PhysicalFunction:
+        """The PF in *dev*; its ``virtfnN`` links go into *vf_index* (not read without)."""
         ids = dev.ids()
         netdevs = dev.listdir("net")
         link_type = LinkType.ETHERNET
@@ -472,7 +479,8 @@ class Sysfs:
             if switch_id and port_name:
                 switchdev = Switchdev(switch_id=switch_id, port_name=port_name)
         num = dev.number("sriov_numvfs", required=True)
-        self._virtfn_indices(dev, vf_index)
+        if vf_index is not None:
+            self._virtfn_indices(dev, vf_index)
         return PhysicalFunction(
             address=PciAddress.parse(dev.address),
             ids=ids,
@@ -486,6 +494,23 @@ class Sysfs:
             switchdev=switchdev,
             problems=tuple(dev.problems),
         )
+
+    @staticmethod
+    def _virtfn_index(pf: _Device, vf: PciAddress) -> dict[str, int] | None:
+        """The index of *vf* from its routing ID and the PF's ``sriov_offset`` and
+        ``sriov_stride``, confirmed by the ``virtfnN`` link (one read, not one per VF of
+        the PF); None when that does not work out."""
+        offset, stride = pf.number("sriov_offset"), pf.number("sriov_stride")
+        try:
+            parent = PciAddress.parse(pf.address)
+        except InvalidPciAddress:
+            return None
+        if not offset or not stride or parent.domain != vf.domain:
+            return None
+        index, rest = divmod(_routing_id(vf) - _routing_id(parent) - offset, stride)
+        if rest or index < 0 or _readlink_basename(f"{pf.path}/virtfn{index}") != str(vf):
+            return None
+        return {str(vf): index}
 
     @staticmethod
     def _virtfn_indices(pf: _Device, vf_index: dict[str, int]) -> None:
@@ -527,6 +552,11 @@ class Sysfs:
             rdma_devices=dev.listdir("infiniband"),
             problems=tuple(dev.problems),
         )
+
+
+def _routing_id(address: PciAddress) -> int:
+    """The PCIe routing ID (bus, device, function) of *address*."""
+    return address.bus << 8 | address.device << 3 | address.function
 
 
 @functools.lru_cache(maxsize=4096)

@@ -188,9 +188,16 @@ class Granter:
             pci["pf-pci-address"] = str(device.device.pf_address)
         if needs.rdma_device is not None:
             pci["rdma-device"] = needs.rdma_device
-        data = {"type": "pci", "version": DEVICE_INFO_VERSION, "pci": pci}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps(data, sort_keys=True).encode() + b"\n", 0o644)
+        data = json.dumps(
+            {"type": "pci", "version": DEVICE_INFO_VERSION, "pci": pci}, sort_keys=True
+        ).encode()
+        data += b"\n"
+        try:
+            if path.read_bytes() == data:
+                return  # written by an earlier grant of the same device
+        except OSError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, data, 0o644)
 
     def prune_device_info(self, resource: Resource) -> int:
         """Remove this resource's device-info files of devices it no longer has (the
