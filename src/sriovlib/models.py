@@ -772,6 +772,8 @@ class LinkInfo:
         altnames: Alternative names.
         parent: The parent device name, e.g. the PCI address ``0000:01:10.0`` of a VF
             netdev (``IFLA_PARENT_DEV_NAME``); None for virtual devices or old kernels.
+        carrier: Whether the link has carrier (``IFLA_CARRIER``: a cable and a link
+            partner for a NIC, an up peer for a veth); None when not reported.
     """
 
     index: int
@@ -781,6 +783,7 @@ class LinkInfo:
     up: bool
     altnames: tuple[str, ...] = ()
     parent: str | None = None
+    carrier: bool | None = None
 
 
 def _network(value: str | IpNetwork) -> IpNetwork:

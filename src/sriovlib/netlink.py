@@ -60,6 +60,7 @@ import errno
 import functools
 import ipaddress
 import os
+import select
 import socket
 import struct
 import threading
@@ -95,11 +96,13 @@ __all__ = [
     "LINK_SYSCTLS",
     "RT_TABLE_MAIN",
     "Busy",
+    "EventSource",
     "InvalidValue",
     "IpAddress",
     "IpInterface",
     "IpNetwork",
     "KernelError",
+    "KernelEvents",
     "KernelNetlink",
     "KernelNotFound",
     "LinkInfo",
@@ -121,6 +124,23 @@ LINK_SYSCTLS: dict[LinkSysctl, tuple[str, str]] = {
     "ipv4.arp_notify": ("ipv4", "arp_notify"),
     "ipv6.ndisc_notify": ("ipv6", "ndisc_notify"),
 }
+
+
+class EventSource(Protocol):
+    """Kernel change notifications (:meth:`NetlinkBackend.watch`).
+
+    Attributes:
+        missing: What is not watched here, and why (empty when everything is).
+    """
+
+    missing: list[str]
+
+    def wait(self, timeout: float | None) -> bool:
+        """Block until something changed (True), or *timeout* passed or the source was
+        closed (False)."""
+
+    def close(self) -> None:
+        """Stop watching; a :meth:`wait` in another thread returns."""
 
 
 class NetlinkBackend(Protocol):
@@ -235,6 +255,9 @@ class NetlinkBackend(Protocol):
 
     def eswitch_mode(self, pci_address: str) -> str | None:
         """``legacy`` or ``switchdev`` from devlink; None where devlink has no answer."""
+
+    def watch(self) -> EventSource:
+        """A subscription to the kernel's link and device events in the host namespace."""
 
     def forget_namespaces(self) -> None:
         """Close every handle into other namespaces (an open handle keeps a namespace
@@ -688,6 +711,7 @@ def _vf_state(vfinfo: Any) -> VfState:
 def _link_info(msg: Any) -> LinkInfo:
     props = msg.get_attr("IFLA_PROP_LIST")
     altnames = tuple(props.get_attrs("IFLA_ALT_IFNAME")) if props is not None else ()
+    carrier = msg.get_attr("IFLA_CARRIER")
     return LinkInfo(
         index=msg["index"],
         name=msg.get_attr("IFLA_IFNAME"),
@@ -696,6 +720,7 @@ def _link_info(msg: Any) -> LinkInfo:
         up=bool(msg["flags"] & _IFF_UP),
         altnames=altnames,
         parent=msg.get_attr("IFLA_PARENT_DEV_NAME"),
+        carrier=None if carrier is None else bool(carrier),
     )
 
 
@@ -750,6 +775,10 @@ class KernelNetlink:
         if self._home_fd >= 0:
             os.close(self._home_fd)
             self._home_fd = -1
+
+    def watch(self) -> KernelEvents:
+        """Link and device events of this backend's host namespace (:class:`KernelEvents`)."""
+        return KernelEvents(self._home_fd)
 
     def forget_namespaces(self) -> None:
         """Close the sockets opened in other namespaces."""
@@ -1113,3 +1142,108 @@ def _ns_key(fd: int) -> tuple[int, int]:
 
 def _describe_netns(ref: NetnsRef) -> str:
     return f"namespace fd {ref}" if isinstance(ref, int) else f"namespace {os.fspath(ref)}"
+
+
+# -- events ------------------------------------------------------------------------------
+
+_NETLINK_KOBJECT_UEVENT = 15
+_RTMGRP_LINK = 1
+_UEVENT_KERNEL_GROUP = 1
+
+
+class KernelEvents:
+    """Wakes a watcher when the kernel reports a change: a link's (rtnetlink
+    ``RTM_NEWLINK``/``RTM_DELLINK``: up, down, carrier, rename, gone) or a device's (a
+    kobject uevent: PCI function added or removed, driver bound or unbound, netdev added
+    or removed).
+
+    The messages are not decoded: what changed is read again from sysfs and netlink by
+    the watcher, so a lost or coalesced message (a full socket buffer) costs nothing but
+    that read. Both sockets belong to the namespace *netns_fd* refers to (uevents of PCI
+    devices reach the initial namespace only). Where the kernel refuses the uevent
+    socket, link events still arrive and :attr:`missing` says what is not watched.
+
+    Args:
+        netns_fd: A handle of the namespace to watch (None: the calling thread's).
+    """
+
+    def __init__(self, netns_fd: int | None = None) -> None:
+        self.missing: list[str] = []
+        self._sockets: list[socket.socket] = []
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            for family, group, what in (
+                (_NETLINK_ROUTE, _RTMGRP_LINK, "link events"),
+                (_NETLINK_KOBJECT_UEVENT, _UEVENT_KERNEL_GROUP, "device events (uevents)"),
+            ):
+                opener = functools.partial(_event_socket, family, group)
+                try:
+                    sock = opener() if netns_fd is None else _in_netns(netns_fd, opener)
+                except OSError as e:
+                    if family == _NETLINK_ROUTE:
+                        raise kernel_error(e.errno or errno.EIO, "watch", what) from None
+                    self.missing.append(f"{what}: {e.strerror or e}")
+                    continue
+                self._sockets.append(sock)
+        except BaseException:
+            self.close()
+            raise
+
+    def wait(self, timeout: float | None) -> bool:
+        """Block until an event arrives (True), *timeout* seconds pass or :meth:`close`
+        is called from another thread (False). Every queued message is consumed."""
+        sockets, wake = list(self._sockets), self._wake_r
+        if not sockets:
+            return False
+        fds = [sock.fileno() for sock in sockets]
+        try:
+            readable, _, _ = select.select([*fds, wake], [], [], timeout)
+        except (OSError, ValueError):  # closed meanwhile
+            return False
+        if wake in readable or self._wake_r < 0:
+            return False
+        got = False
+        for sock, fd in zip(sockets, fds, strict=True):
+            if fd in readable:
+                got = _drain(sock) or got
+        return got
+
+    def close(self) -> None:
+        """Close the sockets and wake a :meth:`wait` in another thread."""
+        if self._wake_w < 0:
+            return
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+        for sock in self._sockets:
+            sock.close()
+        self._sockets = []
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._wake_r = self._wake_w = -1
+
+
+def _event_socket(family: int, groups: int) -> socket.socket:
+    kind = socket.SOCK_DGRAM if family == _NETLINK_KOBJECT_UEVENT else socket.SOCK_RAW
+    sock = socket.socket(socket.AF_NETLINK, kind | socket.SOCK_CLOEXEC, family)
+    try:
+        sock.bind((0, groups))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _drain(sock: socket.socket) -> bool:
+    """Read every queued message; True if there was one (or the queue overflowed)."""
+    got = False
+    while True:
+        try:
+            sock.recv(1 << 16)
+        except BlockingIOError:
+            return got
+        except OSError as e:
+            if e.errno != errno.ENOBUFS:  # ENOBUFS: messages were dropped, still news
+                return got
+        got = True

@@ -140,24 +140,36 @@ class Granter:
 
     def _check(self, resource: Resource, device: AgentDevice) -> ContainerDevices:
         """What *device* needs, after checking it is still there as discovered."""
-        problem: str
+        problem, needs = self._examine(device, device_nodes=True)
+        if problem is None:
+            return needs
+        resource.set_health(device.id, Health.UNHEALTHY, problem)
+        raise GrantError(device.id, Refusal.UNHEALTHY, problem)
+
+    def problem(self, device: AgentDevice, *, device_nodes: bool = True) -> str | None:
+        """Why *device* cannot be granted now (gone, rebound, with *device_nodes* also a
+        device node missing), or None."""
+        return self._examine(device, device_nodes=device_nodes)[0]
+
+    def _examine(
+        self, device: AgentDevice, *, device_nodes: bool
+    ) -> tuple[str | None, ContainerDevices]:
         try:
             function = self.host.pci_function(device.device.address)
         except SriovError as e:
-            problem = f"gone from the node ({e})"
-        else:
-            if function.driver != device.device.driver:
-                problem = (
-                    f"bound to {function.driver or 'no driver'}, not "
-                    f"{device.device.driver or 'none'} as when the pool was built"
-                )
-            else:
-                needs = self._needs(device, function)
-                if not needs.missing:
-                    return needs
-                problem = f"device node missing on the node: {', '.join(needs.missing)}"
-        resource.set_health(device.id, Health.UNHEALTHY, problem)
-        raise GrantError(device.id, Refusal.UNHEALTHY, problem)
+            return f"gone from the node ({e})", ContainerDevices()
+        if function.driver != device.device.driver:
+            return (
+                f"bound to {function.driver or 'no driver'}, not "
+                f"{device.device.driver or 'none'} as when the pool was built",
+                ContainerDevices(),
+            )
+        if not device_nodes:
+            return None, ContainerDevices()
+        needs = self._needs(device, function)
+        if needs.missing:
+            return f"device node missing on the node: {', '.join(needs.missing)}", needs
+        return None, needs
 
     def _needs(
         self, device: AgentDevice, function: PhysicalFunction | VirtualFunction | NetworkDevice

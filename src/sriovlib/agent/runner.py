@@ -13,13 +13,14 @@ stop at any instant leaves nothing half-written.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import attrs
 
 from sriovlib.agent.deviceplugin import DevicePluginService
 from sriovlib.agent.grants import Granter
+from sriovlib.agent.health import RESCAN_INTERVAL, HealthWatch
 from sriovlib.agent.kubelet import PluginServer, Supervisor
 from sriovlib.agent.resources import Resource, build_resources
 from sriovlib.allocation import Policy
@@ -54,6 +55,10 @@ class AgentOptions:
         device_info_dir: Where the Multus device-info files go (None: none are written).
         cdi_dir: Where the CDI spec files go, or None without CDI.
         policy: How a request is spread over PFs.
+        pf_carrier_health: Whether devices are unhealthy while their PF is down or has no
+            carrier, for the pools not in *pf_carrier_pools*.
+        pf_carrier_pools: The same, per pool (by resource name, with or without prefix).
+        rescan_interval: Seconds between health assessments when no kernel event comes.
     """
 
     resource_prefix: str = DEFAULT_PREFIX
@@ -62,6 +67,16 @@ class AgentOptions:
     device_info_dir: Path | None = DEFAULT_DEVICE_INFO_DIR
     cdi_dir: Path | None = None
     policy: Policy = Policy.PACK
+    pf_carrier_health: bool = True
+    pf_carrier_pools: Mapping[str, bool] = attrs.field(factory=dict)
+    rescan_interval: float = RESCAN_INTERVAL
+
+    def follows_pf_carrier(self, resource: Resource) -> bool:
+        """Whether *resource*'s devices follow their PF's link state."""
+        for key in (resource.name, resource.pool.resource_name):
+            if key in self.pf_carrier_pools:
+                return self.pf_carrier_pools[key]
+        return self.pf_carrier_health
 
 
 class Agent:
@@ -79,6 +94,7 @@ class Agent:
         self.services: list[DevicePluginService] = []
         self.servers: list[PluginServer] = []
         self.supervisor: Supervisor | None = None
+        self.health: HealthWatch | None = None
 
     def _held(self) -> frozenset[str]:
         try:
@@ -102,6 +118,14 @@ class Agent:
         """Serve every resource (discovered now unless given) and start supervising."""
         self.host.plugins  # noqa: B018 - load the vendor plugins before serving threads
         self.resources = list(self.discover() if resources is None else resources)
+        self.health = HealthWatch(
+            self.host,
+            self.granter,
+            lambda: self.resources,
+            pf_carrier=self.options.follows_pf_carrier,
+            rescan=self.options.rescan_interval,
+        )
+        self.health.assess()  # the first ListAndWatch already tells the truth
         directory = self.options.device_plugin_dir
         directory.mkdir(parents=True, exist_ok=True)
         for resource in self.resources:
@@ -125,9 +149,12 @@ class Agent:
         self.supervisor = Supervisor(directory, self.servers)
         self.supervisor.step()  # register now if the kubelet is there
         self.supervisor.start()
+        self.health.start()
 
     def stop(self) -> None:
         """End the streams, stop supervising and serving, remove the sockets."""
+        if self.health is not None:
+            self.health.stop()
         for resource in self.resources:
             resource.close()
         if self.supervisor is not None:

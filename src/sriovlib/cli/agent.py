@@ -18,7 +18,7 @@ from typing import Any
 
 from sriovlib.cli._common import add_host_options, open_host
 from sriovlib.cli.pools import read_config
-from sriovlib.pools import DEFAULT_PREFIX, check_resource_prefix
+from sriovlib.pools import DEFAULT_PREFIX, PoolConfig, check_resource_prefix
 
 __all__ = ["DEFAULT_CONFIG", "register", "run"]
 
@@ -30,6 +30,40 @@ def _prefix(text: str) -> str:
         return check_resource_prefix(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _carrier_setting(text: str) -> tuple[str | None, bool]:
+    name, _, value = text.rpartition("=")
+    if value not in ("on", "off") or (text.count("=") and not name):
+        raise argparse.ArgumentTypeError(f"expected on, off, POOL=on or POOL=off, not {text!r}")
+    return (name or None), value == "on"
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.1 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"expected seconds from 0.1 to 86400, not {text!r}")
+    return value
+
+
+def _carrier_settings(
+    settings: list[tuple[str | None, bool]], config: PoolConfig, prefix: str
+) -> tuple[bool, dict[str, bool]]:
+    """The default and the per-pool values of ``--pf-carrier-health``; a pool name the
+    config does not have is an error."""
+    default, pools = True, {}
+    names = {p.resource_name for p in config.pools} | {p.full_name(prefix) for p in config.pools}
+    for name, on in settings:
+        if name is None:
+            default = on
+        elif name not in names:
+            raise ValueError(f"--pf-carrier-health: no pool {name!r} in the config")
+        else:
+            pools[name] = on
+    return default, pools
 
 
 def register(subparsers: Any) -> None:
@@ -107,6 +141,24 @@ def register(subparsers: Any) -> None:
         "(pack) or one device per PF in turn (spread) (default: %(default)s)",
     )
     parser.add_argument(
+        "--pf-carrier-health",
+        metavar="[POOL=]on|off",
+        type=_carrier_setting,
+        action="append",
+        default=[],
+        help="whether a VF is unhealthy while its PF is down or has no carrier: for every "
+        "pool, or with POOL= for one (repeatable; default: on). Turn it off where VF-to-VF "
+        "traffic on the NIC's switch is what pods need: it survives a carrier loss",
+    )
+    parser.add_argument(
+        "--rescan-interval",
+        metavar="SECONDS",
+        type=_seconds,
+        default=30.0,
+        help="health is re-read on every kernel link or device event, and without any "
+        "every SECONDS (default: %(default)s)",
+    )
+    parser.add_argument(
         "--log-format",
         choices=("text", "json"),
         default="text",
@@ -133,6 +185,9 @@ def run(args: argparse.Namespace) -> int:
     config = read_config(args.config, compat=args.compat, default_prefix=args.resource_prefix)
     for warning in config.warnings:
         log.warning("config", extra={"problem": str(warning)})
+    carrier_default, carrier_pools = _carrier_settings(
+        args.pf_carrier_health, config, args.resource_prefix
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -149,6 +204,9 @@ def run(args: argparse.Namespace) -> int:
                 device_info_dir=args.device_info_dir,
                 cdi_dir=args.cdi_dir if args.use_cdi else None,
                 policy=Policy(args.allocation_policy),
+                pf_carrier_health=carrier_default,
+                pf_carrier_pools=carrier_pools,
+                rescan_interval=args.rescan_interval,
             )
             agent = Agent(host, config, options)
             try:

@@ -55,7 +55,7 @@ from sriovlib.plugins.types import DeviceType, EswitchMode, NumVfsPlan
 from sriovlib.sysfs import Inventory, SelectorFacts, Sysfs, SysfsWriter, read_selector_facts
 
 if TYPE_CHECKING:
-    from sriovlib.netlink import NetlinkBackend
+    from sriovlib.netlink import EventSource, NetlinkBackend
     from sriovlib.plugins.manager import PfHooks, Plugins
 
 __all__ = [
@@ -313,6 +313,11 @@ class Host:
     def link(self, ifname: str, netns: NetnsRef | None = None) -> LinkInfo:
         """The interface *ifname* in *netns*: :meth:`.Addresses.link`."""
         return self._addresses.link(ifname, netns)
+
+    def watch(self) -> EventSource:
+        """Subscribe to the kernel's link and device events on this node
+        (:meth:`sriovlib.netlink.NetlinkBackend.watch`); close it when done."""
+        return self.node.netlink.watch()
 
     def configure_addresses(
         self,

@@ -63,6 +63,7 @@ from sriovlib.cni.protocol import CniError, Result
 from sriovlib.models import ZERO_MAC, PciAddress, VfLinkState, VfState, VlanProto
 from sriovlib.netlink import (
     RT_TABLE_MAIN,
+    EventSource,
     IpInterface,
     KernelNetlink,
     LinkInfo,
@@ -385,6 +386,10 @@ class VethVfNetlink:
     def forget_namespaces(self) -> None:
         """Close sockets in pod namespaces."""
         self.kernel.forget_namespaces()
+
+    def watch(self) -> EventSource:
+        """The real kernel's link and device events in the host namespace."""
+        return self.kernel.watch()
 
     def close(self) -> None:
         """Close every socket."""

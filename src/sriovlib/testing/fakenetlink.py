@@ -49,6 +49,7 @@ into the next matching request.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import ipaddress
 import os
@@ -263,6 +264,7 @@ class FakeNetlink:
         self._id_driver: dict[str, str] = {}  # PCI address -> its kernel (netdev) driver
         self._last_mac: dict[str, str] = {}  # PCI address -> MAC of its last netdev
         self._resetting: dict[str, int] = {}  # PF PCI address -> VF probes left in the reset
+        self._watchers: list[FakeEvents] = []
         self._load()
 
     def __repr__(self) -> str:
@@ -334,7 +336,7 @@ class FakeNetlink:
     def link(self, name: str, netns: NetnsRef | None = None) -> LinkInfo:
         """Look at a link without counting a request (for assertions)."""
         with self._lock:
-            return _info(self._by_name(self._ns(netns, "look up"), name, "look up"))
+            return self._info(self._by_name(self._ns(netns, "look up"), name, "look up"))
 
     def link_names(self, netns: NetnsRef | None = None) -> tuple[str, ...]:
         """The names of the links in *netns*, sorted (for assertions)."""
@@ -367,6 +369,7 @@ class FakeNetlink:
         if link.parent is None:
             raise ValueError(f"{pf_netdev} is not a PCI netdev")
         _write(self._device(link.parent) / "net" / pf_netdev / "carrier", "1" if carrier else "0")
+        self._notify()
 
     def reset_pf(self, pf_netdev: str, probes: int = 1) -> None:
         """Put the PF in a reset that lasts for the next *probes* VF driver probes under it.
@@ -399,6 +402,12 @@ class FakeNetlink:
 
     def write(self, path: Path, value: str) -> None:
         """A write to a sysfs attribute, with the kernel's rules for ``sriov_numvfs``."""
+        try:
+            self._write_sysfs(path, value)
+        finally:
+            self._notify()  # a uevent (bind, unbind, VFs added or removed) or a no-op
+
+    def _write_sysfs(self, path: Path, value: str) -> None:
         with self._lock:
             self.sysfs_writes.append((str(path), value))
             target = Path(path)
@@ -615,14 +624,14 @@ class FakeNetlink:
         """Look a link up by name (one request)."""
         with self._lock:
             self._request("get_link", name, "look up", name)
-            return _info(self._by_name(self._ns(netns, "look up"), name, "look up"))
+            return self._info(self._by_name(self._ns(netns, "look up"), name, "look up"))
 
     def links(self, netns: NetnsRef | None = None) -> tuple[LinkInfo, ...]:
         """Every link in *netns* (one request)."""
         with self._lock:
             self._request("dump_links", "", "list links", "namespace")
             key = self._ns(netns, "list links")
-            return tuple(_info(link) for link in sorted(self._in(key), key=lambda x: x.index))
+            return tuple(self._info(link) for link in sorted(self._in(key), key=lambda x: x.index))
 
     def set_link(
         self,
@@ -843,6 +852,19 @@ class FakeNetlink:
             switchdev = any(device.glob("net/*/phys_switch_id"))
             return "switchdev" if switchdev else "legacy"
 
+    def watch(self) -> FakeEvents:
+        """Events on every change of a link or a device this fake makes (as the kernel
+        sends rtnetlink and uevent messages), and on :meth:`set_carrier`."""
+        events = FakeEvents(self._watchers)
+        with self._lock:
+            self._watchers.append(events)
+        return events
+
+    def _notify(self) -> None:
+        with self._lock:
+            for events in self._watchers:
+                events.fire()
+
     def forget_namespaces(self) -> None:
         """Nothing to close in the fake."""
 
@@ -920,6 +942,15 @@ class FakeNetlink:
             max_tx_rate=vf.max_tx_rate,
             query_rss=vf.query_rss if rules.reports_query_rss else None,
         )
+
+    def _info(self, link: _Link) -> LinkInfo:
+        """The link as netlink reports it; carrier as its ``carrier`` file says, for a
+        PCI netdev in the host namespace that has one (:meth:`set_carrier`)."""
+        carrier = None
+        if link.parent is not None and link.ns == self._home:
+            text = _read(self._device(link.parent) / "net" / link.name / "carrier")
+            carrier = None if text is None else text == "1"
+        return _info(link, carrier)
 
     def _carrier(self, link: _Link) -> bool:
         path = self._device(link.parent or "") / "net" / link.name / "carrier"
@@ -1022,6 +1053,7 @@ class FakeNetlink:
     def _sync(self, link: _Link) -> None:
         if link.ns == self._home and link.stash is None:
             self._write_attrs(link, self._sysfs_dir(link))
+        self._notify()
 
     def _write_attrs(self, link: _Link, path: Path) -> None:
         if path.is_dir():
@@ -1066,6 +1098,7 @@ class FakeNetlink:
             link.name = name
 
     def _destroy(self, link: _Link) -> None:
+        self._notify()
         if link.parent is not None:
             self._last_mac[link.parent] = link.mac
         if link.ns == self._home:
@@ -1088,7 +1121,7 @@ def _key(ref: NetnsRef | Path) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def _info(link: _Link) -> LinkInfo:
+def _info(link: _Link, carrier: bool | None = None) -> LinkInfo:
     return LinkInfo(
         index=link.index,
         name=link.name,
@@ -1097,6 +1130,7 @@ def _info(link: _Link) -> LinkInfo:
         up=link.up,
         altnames=tuple(link.altnames),
         parent=link.parent,
+        carrier=carrier,
     )
 
 
@@ -1116,6 +1150,30 @@ def _basename(link: Path) -> str | None:
         return os.path.basename(os.readlink(link))
     except OSError:
         return None
+
+
+class FakeEvents:
+    """:class:`~sriovlib.netlink.EventSource` of a :class:`FakeNetlink`."""
+
+    def __init__(self, watchers: list[FakeEvents]) -> None:
+        self.missing: list[str] = []
+        self._watchers = watchers
+        self._event = threading.Event()
+        self._closed = False
+
+    def fire(self) -> None:
+        self._event.set()
+
+    def wait(self, timeout: float | None) -> bool:
+        fired = self._event.wait(timeout)
+        self._event.clear()
+        return fired and not self._closed
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(ValueError):
+            self._watchers.remove(self)
+        self._event.set()
 
 
 #: The :class:`~sriovlib.netlink.NetlinkBackend` methods about VFs (the PF's VF list).
