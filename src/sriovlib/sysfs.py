@@ -242,6 +242,14 @@ class Sysfs:
             return self._nic(dev)
         return self._pf(dev, total, None)
 
+    def bound_driver(self, address: PciAddress) -> str | None:
+        """The driver bound to the function at *address* (None: none), reading only its
+        ``driver`` link; :class:`DeviceNotFound` when there is no such function."""
+        path = f"{self._devices}/{address}"
+        if not os.path.isdir(path):
+            raise DeviceNotFound("PCI device", str(address))
+        return _readlink_basename(f"{path}/driver")
+
     def netdev_address(self, netdev: str) -> PciAddress | None:
         """The PCI address behind interface *netdev*, or None for a virtual interface."""
         check_netdev_name(netdev)

@@ -12,6 +12,7 @@ module                      what it does
 :mod:`.grants`              what a container gets: env, device nodes, CDI, device info
 :mod:`.deviceplugin`        the ``DevicePlugin`` gRPC service of one resource
 :mod:`.kubelet`             one server per resource, registration, keeping both up
+:mod:`.health`              device health re-read on every kernel link or device event
 :mod:`.runner`              :class:`Agent`: discovery, serving, stopping
 :mod:`.logs`                structured logs (``--log-format json|text``)
 :mod:`.api`                 the kubelet API protos and their generated modules

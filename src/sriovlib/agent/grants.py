@@ -155,12 +155,16 @@ class Granter:
         self, device: AgentDevice, *, device_nodes: bool
     ) -> tuple[str | None, ContainerDevices]:
         try:
-            function = self.host.pci_function(device.device.address)
+            if device_nodes:
+                function = self.host.pci_function(device.device.address)
+                driver = function.driver
+            else:
+                driver = self.host.bound_driver(device.device.address)
         except SriovError as e:
             return f"gone from the node ({e})", ContainerDevices()
-        if function.driver != device.device.driver:
+        if driver != device.device.driver:
             return (
-                f"bound to {function.driver or 'no driver'}, not "
+                f"bound to {driver or 'no driver'}, not "
                 f"{device.device.driver or 'none'} as when the pool was built",
                 ContainerDevices(),
             )

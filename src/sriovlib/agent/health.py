@@ -100,20 +100,23 @@ class HealthWatch:
         changed = 0
         for resource in self.resources():
             follow_pf = self.pf_carrier(resource)
+            states = {}
             for device in resource.devices():
                 problem = self._problem(device, links if follow_pf else None)
                 health = Health.HEALTHY if problem is None else Health.UNHEALTHY
-                if resource.set_health(device.id, health, problem):
-                    changed += 1
-                    log.info(
-                        "device health",
-                        extra={
-                            "resource": resource.name,
-                            "device": device.id,
-                            "health": str(health),
-                            "reason": problem,
-                        },
-                    )
+                states[device.id] = (health, problem)
+            for device_id in resource.update_health(states):
+                changed += 1
+                health, problem = states[device_id]
+                log.info(
+                    "device health",
+                    extra={
+                        "resource": resource.name,
+                        "device": device_id,
+                        "health": str(health),
+                        "reason": problem,
+                    },
+                )
         return changed
 
     def _problem(self, device: AgentDevice, links: dict[str, str | None] | None) -> str | None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
@@ -134,6 +134,20 @@ class Resource:
             self._devices[device_id] = attrs.evolve(device, health=health, reason=reason)
             self._changed()
             return True
+
+    def update_health(self, states: Mapping[str, tuple[Health, str | None]]) -> list[str]:
+        """Mark many devices at once (one generation, one ListAndWatch update); the IDs
+        whose health or reason changed."""
+        changed = []
+        with self._cond:
+            for device_id, (health, reason) in states.items():
+                device = self._devices.get(device_id)
+                if device is not None and (device.health, device.reason) != (health, reason):
+                    self._devices[device_id] = attrs.evolve(device, health=health, reason=reason)
+                    changed.append(device_id)
+            if changed:
+                self._changed()
+        return changed
 
     def replace(self, devices: Iterable[AgentDevice]) -> bool:
         """Make *devices* the device list; True (and the watchers woken) if it changed."""

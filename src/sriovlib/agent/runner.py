@@ -4,7 +4,8 @@
 the pools of the config (:func:`~sriovlib.agent.resources.build_resources`), one
 :class:`~sriovlib.agent.deviceplugin.DevicePluginService` and
 :class:`~sriovlib.agent.kubelet.PluginServer` per pool, the
-:class:`~sriovlib.agent.kubelet.Supervisor`, and the attachment service's allocation
+:class:`~sriovlib.agent.kubelet.Supervisor`, the
+:class:`~sriovlib.agent.health.HealthWatch`, and the attachment service's allocation
 store (which devices CNI attachments hold). :meth:`Agent.stop` ends the streams, stops
 the servers and removes their sockets; files are only ever replaced atomically, so a
 stop at any instant leaves nothing half-written.

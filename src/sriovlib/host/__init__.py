@@ -192,6 +192,12 @@ class Host:
         pci = address if isinstance(address, PciAddress) else PciAddress.parse(address)
         return self.node.sysfs.device(pci)
 
+    def bound_driver(self, address: str | PciAddress) -> str | None:
+        """The driver bound to the PCI function at *address* now (None: none), without
+        reading the rest of it; :class:`DeviceNotFound` if there is none."""
+        pci = address if isinstance(address, PciAddress) else PciAddress.parse(address)
+        return self.node.sysfs.bound_driver(pci)
+
     def vf(self, address: str | PciAddress) -> VirtualFunction:
         """The VF at this PCI address; :class:`DeviceNotFound` if there is none."""
         return self.node.vf(address)

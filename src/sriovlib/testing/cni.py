@@ -471,6 +471,9 @@ class VethNode:
         pf_netdev: The PF's interface name (in the tree only).
         vfs: The VFs' PCI addresses, by index.
         vf_netdevs: Their veth names in the host namespace, by index.
+        pf_link: Give the PF a real netdev too: a veth in the host namespace whose peer
+            waits in the wire namespace, so that :meth:`set_pf_carrier` (the peer going
+            down or up) stands in for the PF losing and regaining carrier.
     """
 
     root: Path
@@ -483,6 +486,7 @@ class VethNode:
     vf_netdevs: list[str] = attrs.field(factory=list)
     pods: list[str] = attrs.field(factory=list)
     made: int = 0
+    pf_link: bool = False
 
     def __enter__(self) -> VethNode:
         try:
@@ -517,6 +521,11 @@ class VethNode:
         _ip("netns", "add", wire)
         self.wire_netns = wire
         _ip("-n", host, "link", "set", "lo", "up")
+        if self.pf_link:
+            _ip("-n", host, "link", "add", self.pf_netdev, "type", "veth",
+                "peer", "name", "wpf", "netns", wire)  # fmt: skip
+            _ip("-n", wire, "link", "set", "wpf", "up")
+            _ip("-n", host, "link", "set", self.pf_netdev, "up")
         state: dict[str, Any] = {"vfs": {}}
         for index in range(self.num_vfs):
             address = pf.vf_address(index)
@@ -552,6 +561,12 @@ class VethNode:
             self.vf_netdevs.append(name)
         _save_state(self.root, state)
         VethVfNetlink(self.root, self.host_netns).close()  # first sync of the tree
+
+    def set_pf_carrier(self, carrier: bool) -> None:
+        """Plug or unplug the PF's cable (with *pf_link*): its veth peer up or down."""
+        if not self.pf_link:
+            raise ValueError("this node's PF has no real netdev (pf_link=False)")
+        _ip("-n", self.wire_netns, "link", "set", "wpf", "up" if carrier else "down")
 
     def add_pod(self) -> str:
         """A fresh pod namespace; returns its path."""
