@@ -242,6 +242,14 @@ class Sysfs:
             return self._nic(dev)
         return self._pf(dev, total, None)
 
+    def function_addresses(self) -> frozenset[str]:
+        """The addresses of every PCI function on the node (one directory listing): what
+        changes when VFs are created or removed, or a device is plugged in or out."""
+        try:
+            return frozenset(os.listdir(self._devices))
+        except OSError:
+            return frozenset()
+
     def bound_driver(self, address: PciAddress) -> str | None:
         """The driver bound to the function at *address* (None: none), reading only its
         ``driver`` link; :class:`DeviceNotFound` when there is no such function."""

@@ -81,16 +81,6 @@ def test_a_vf_rebound_by_someone_else_is_unhealthy_until_bound_back(
     wait_unhealthy(plugin, set())
 
 
-def test_vfs_gone_with_numvfs_are_unhealthy(
-    node: Node, kubelet: KubeletStandIn, start_agent: StartAgent
-) -> None:
-    start_agent()
-    plugin = kubelet.wait_plugin(NET)
-    plugin.wait_devices(lambda ds: len(ds) == ALL_NET)
-    node.host.set_num_vfs("enp59s0f1", 0, force=True)
-    wait_unhealthy(plugin, {f"0000:5e:08.{n}" for n in range(2, 8)})
-
-
 def test_a_missing_device_node_is_not_forgotten_by_an_event(
     node: Node, kubelet: KubeletStandIn, start_agent: StartAgent
 ) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from sriovlib.agent.grants import Granter
@@ -29,7 +30,7 @@ from sriovlib.agent.resources import AgentDevice, Health, Resource
 from sriovlib.exceptions import SriovError
 from sriovlib.host import Host
 
-__all__ = ["RESCAN_INTERVAL", "SETTLE", "HealthWatch"]
+__all__ = ["RESCAN_INTERVAL", "SETTLE", "TICK", "HealthWatch"]
 
 log = logging.getLogger("sriovlib.agent")
 
@@ -37,6 +38,8 @@ log = logging.getLogger("sriovlib.agent")
 RESCAN_INTERVAL = 30.0
 #: Seconds to let a burst of events pass before assessing.
 SETTLE = 0.05
+#: Seconds between two wake-ups without events (the agent looks at its config file then).
+TICK = 2.0
 
 
 class HealthWatch:
@@ -48,6 +51,9 @@ class HealthWatch:
         resources: The resources to keep true (read on every assessment).
         pf_carrier: Whether a resource's devices follow their PF's link state.
         rescan: Seconds between assessments without events.
+        on_wake: Called on every wake-up before an assessment, with True after events
+            and False every *tick* seconds without (the agent reconciles there).
+        tick: Seconds between wake-ups without events.
     """
 
     def __init__(
@@ -58,12 +64,16 @@ class HealthWatch:
         *,
         pf_carrier: Callable[[Resource], bool],
         rescan: float = RESCAN_INTERVAL,
+        on_wake: Callable[[bool], None] | None = None,
+        tick: float = TICK,
     ) -> None:
         self.host = host
         self.granter = granter
         self.resources = resources
         self.pf_carrier = pf_carrier
         self.rescan = rescan
+        self.on_wake = on_wake
+        self.tick = tick
         self.assessments = 0
         self._stopping = threading.Event()
         self._events = host.watch()
@@ -82,14 +92,22 @@ class HealthWatch:
             self._thread.join(5)
 
     def _run(self) -> None:
+        rescan_at = time.monotonic() + self.rescan
         while not self._stopping.is_set():
-            self._events.wait(self.rescan)
-            if self._stopping.wait(SETTLE):
+            event = self._events.wait(max(0.0, min(self.tick, rescan_at - time.monotonic())))
+            if event:
+                if self._stopping.wait(SETTLE):
+                    return
+                while self._events.wait(0):
+                    pass  # the rest of the burst: one assessment reads it all
+            elif self._stopping.is_set():
                 return
-            while self._events.wait(0):
-                pass  # the rest of the burst: one assessment reads it all
             try:
-                self.assess()
+                if self.on_wake is not None:
+                    self.on_wake(event)
+                if event or time.monotonic() >= rescan_at:
+                    self.assess()
+                    rescan_at = time.monotonic() + self.rescan
             except Exception:  # a bug here must not end health for good
                 log.exception("health assessment failed")
 

@@ -189,6 +189,16 @@ class Supervisor:
                 for s in self._states
             ]
 
+    def add(self, server: PluginServer) -> None:
+        """Keep *server* served and registered too (a pool that appeared)."""
+        with self._lock:
+            self._states.append(_State(server))
+
+    def remove(self, server: PluginServer) -> None:
+        """Stop keeping *server* (its pool is gone; its owner stops it)."""
+        with self._lock:
+            self._states = [s for s in self._states if s.server is not server]
+
     def start(self) -> None:
         """Run :meth:`step` every tick in a thread until :meth:`stop`."""
         self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)

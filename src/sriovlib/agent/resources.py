@@ -149,6 +149,26 @@ class Resource:
                 self._changed()
         return changed
 
+    def reconfigure(self, pool: Pool, devices: Iterable[AgentDevice]) -> bool:
+        """Take the pool's new definition (same resource name) and device list, keeping
+        the health of devices it still has; True (and the watchers woken) if that changed
+        anything."""
+        with self._cond:
+            kept = {
+                d.id: (
+                    attrs.evolve(d, health=old.health, reason=old.reason)
+                    if (old := self._devices.get(d.id)) is not None
+                    else d
+                )
+                for d in devices
+            }
+            if pool == self.pool and kept == self._devices:
+                return False
+            self.pool = pool
+            self._devices = kept
+            self._changed()
+            return True
+
     def replace(self, devices: Iterable[AgentDevice]) -> bool:
         """Make *devices* the device list; True (and the watchers woken) if it changed."""
         new = {d.id: d for d in devices}

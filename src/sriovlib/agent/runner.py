@@ -14,7 +14,9 @@ stop at any instant leaves nothing half-written.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -28,7 +30,7 @@ from sriovlib.allocation import Policy
 from sriovlib.attachments import AttachmentService
 from sriovlib.exceptions import SriovError
 from sriovlib.host import Host
-from sriovlib.pools import DEFAULT_PREFIX, PoolConfig, assign, discover_devices
+from sriovlib.pools import DEFAULT_PREFIX, Pool, PoolConfig, assign, discover_devices
 
 __all__ = [
     "DEFAULT_CDI_DIR",
@@ -36,6 +38,7 @@ __all__ = [
     "DEFAULT_DEVICE_PLUGIN_DIR",
     "Agent",
     "AgentOptions",
+    "ConfigFile",
 ]
 
 log = logging.getLogger("sriovlib.agent")
@@ -80,13 +83,58 @@ class AgentOptions:
         return self.pf_carrier_health
 
 
-class Agent:
-    """The node agent's device-plugin half for *config* on *host*."""
+class ConfigFile:
+    """The pool config's file, re-read when it changes.
 
-    def __init__(self, host: Host, config: PoolConfig, options: AgentOptions) -> None:
+    A change is seen through ``stat`` of the path with symlinks followed, so a
+    ConfigMap's update (the kubelet swaps its ``..data`` symlink to a new directory) is
+    one, as is an edit in place.
+
+    Args:
+        path: The file.
+        load: Parses it (raises what the CLI reports for a bad config).
+    """
+
+    def __init__(self, path: str, load: Callable[[], PoolConfig]) -> None:
+        self.path = path
+        self.load = load
+        self._seen = self._stamp()
+
+    def _stamp(self) -> tuple[int, int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+    def changed(self) -> bool:
+        """Whether the file is another than when last asked (True once per change)."""
+        stamp = self._stamp()
+        if stamp == self._seen:
+            return False
+        self._seen = stamp
+        return stamp is not None  # a file gone for a moment (an editor's rename) is no config
+
+
+class Agent:
+    """The node agent's device-plugin half for *config* on *host*.
+
+    With *config_file*, a change of that file reloads the pools (a config that does not
+    parse is logged and the running one kept).
+    """
+
+    def __init__(
+        self,
+        host: Host,
+        config: PoolConfig,
+        options: AgentOptions,
+        *,
+        config_file: ConfigFile | None = None,
+    ) -> None:
         self.host = host
         self.config = config
         self.options = options
+        self.config_file = config_file
         self.attachments = AttachmentService(host, options.state_dir)
         self.granter = Granter(
             host, device_info_dir=options.device_info_dir, cdi_dir=options.cdi_dir
@@ -96,6 +144,9 @@ class Agent:
         self.servers: list[PluginServer] = []
         self.supervisor: Supervisor | None = None
         self.health: HealthWatch | None = None
+        self.reconciles = 0
+        self._functions: frozenset[str] = frozenset()
+        self._lock = threading.RLock()
 
     def _held(self) -> frozenset[str]:
         try:
@@ -118,6 +169,7 @@ class Agent:
     def start(self, resources: Sequence[Resource] | None = None) -> None:
         """Serve every resource (discovered now unless given) and start supervising."""
         self.host.plugins  # noqa: B018 - load the vendor plugins before serving threads
+        self._functions = self.host.function_addresses()
         self.resources = list(self.discover() if resources is None else resources)
         self.health = HealthWatch(
             self.host,
@@ -125,41 +177,124 @@ class Agent:
             lambda: self.resources,
             pf_carrier=self.options.follows_pf_carrier,
             rescan=self.options.rescan_interval,
+            on_wake=self._on_wake,
         )
         self.health.assess()  # the first ListAndWatch already tells the truth
-        directory = self.options.device_plugin_dir
-        directory.mkdir(parents=True, exist_ok=True)
+        self.options.device_plugin_dir.mkdir(parents=True, exist_ok=True)
+        self.supervisor = Supervisor(self.options.device_plugin_dir, [])
         for resource in self.resources:
-            service = DevicePluginService(
-                resource, self.granter, policy=self.options.policy, held=self._held
-            )
-            server = PluginServer(service, directory)
-            self.granter.prune_device_info(resource)
-            self.granter.write_cdi_spec(resource)
-            server.start()
-            self.services.append(service)
-            self.servers.append(server)
-            log.info(
-                "serving",
-                extra={
-                    "resource": resource.name,
-                    "socket": str(server.path),
-                    "devices": len(resource.devices()),
-                },
-            )
-        self.supervisor = Supervisor(directory, self.servers)
+            self._serve(resource)
         self.supervisor.step()  # register now if the kubelet is there
         self.supervisor.start()
         self.health.start()
+
+    def _serve(self, resource: Resource) -> None:
+        service = DevicePluginService(
+            resource, self.granter, policy=self.options.policy, held=self._held
+        )
+        server = PluginServer(service, self.options.device_plugin_dir)
+        self.granter.prune_device_info(resource)
+        self.granter.write_cdi_spec(resource)
+        server.start()
+        self.services.append(service)
+        self.servers.append(server)
+        if self.supervisor is not None:
+            self.supervisor.add(server)
+        log.info(
+            "serving",
+            extra={
+                "resource": resource.name,
+                "socket": str(server.path),
+                "devices": len(resource.devices()),
+            },
+        )
+
+    def _unserve(self, resource: Resource) -> None:
+        resource.close()
+        for server in [s for s in self.servers if s.resource is resource]:
+            if self.supervisor is not None:
+                self.supervisor.remove(server)
+            server.stop()
+            self.servers.remove(server)
+        self.services = [s for s in self.services if s.resource is not resource]
+        self.granter.remove_cdi_spec(resource)
+        log.info("pool removed: no longer served", extra={"resource": resource.name})
+
+    def _on_wake(self, event: bool) -> None:
+        """Reconcile when the config file changed, or after kernel events when PCI
+        functions came or went (VFs created or removed)."""
+        reason = None
+        if self.config_file is not None and self.config_file.changed():
+            try:
+                self.config = self.config_file.load()
+            except (SriovError, ValueError, OSError) as e:
+                log.error(
+                    "config changed but cannot be read: keeping the running one",
+                    extra={"config": self.config_file.path, "error": str(e)},
+                )
+                return
+            reason = "config changed"
+        if reason is None and event:
+            functions = self.host.function_addresses()
+            if functions != self._functions:
+                self._functions = functions
+                reason = "PCI functions came or went"
+        if reason is not None:
+            self.reconcile(reason)
+
+    def reconcile(self, reason: str = "asked") -> dict[str, list[str]]:
+        """Make the served pools what the config and the node say now: a pool whose
+        resource name stays keeps its socket and takes its new devices (a pool left
+        without devices is served with none, so the kubelet sees 0 at once); a new pool
+        is served; a pool gone from the config is stopped. Returns the resource names
+        ``added``, ``changed`` and ``removed``.
+        """
+        with self._lock:
+            self.reconciles += 1
+            self._functions = self.host.function_addresses()
+            fresh = {r.name: r for r in self.discover()}
+            wanted = {p.full_name(self.options.resource_prefix) for p in self.config.pools}
+            outcome: dict[str, list[str]] = {"added": [], "changed": [], "removed": []}
+            kept: list[Resource] = []
+            for resource in self.resources:
+                new = fresh.pop(resource.name, None)
+                if new is not None or resource.name in wanted:
+                    pool = new.pool if new is not None else self._pool_named(resource)
+                    if resource.reconfigure(pool, new.devices() if new is not None else ()):
+                        outcome["changed"].append(resource.name)
+                        self.granter.prune_device_info(resource)
+                        self.granter.write_cdi_spec(resource)
+                    kept.append(resource)
+                else:
+                    self._unserve(resource)
+                    outcome["removed"].append(resource.name)
+            for resource in fresh.values():
+                self._serve(resource)
+                kept.append(resource)
+                outcome["added"].append(resource.name)
+            self.resources = kept
+            log.info("reconciled", extra={"reason": reason, **outcome})
+        if self.health is not None:
+            self.health.assess()
+        if self.supervisor is not None:
+            self.supervisor.step()  # register the new pools now
+        return outcome
+
+    def _pool_named(self, resource: Resource) -> Pool:
+        for pool in self.config.pools:
+            if pool.full_name(self.options.resource_prefix) == resource.name:
+                return pool
+        return resource.pool
 
     def stop(self) -> None:
         """End the streams, stop supervising and serving, remove the sockets."""
         if self.health is not None:
             self.health.stop()
-        for resource in self.resources:
-            resource.close()
-        if self.supervisor is not None:
-            self.supervisor.stop()
-        for server in self.servers:
-            server.stop()
+        with self._lock:
+            for resource in self.resources:
+                resource.close()
+            if self.supervisor is not None:
+                self.supervisor.stop()
+            for server in self.servers:
+                server.stop()
         log.info("stopped", extra={"resources": [r.name for r in self.resources]})

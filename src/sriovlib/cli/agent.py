@@ -177,7 +177,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; exit 0 after a clean stop."""
     from sriovlib.agent import logs
-    from sriovlib.agent.runner import Agent, AgentOptions
+    from sriovlib.agent.runner import Agent, AgentOptions, ConfigFile
     from sriovlib.allocation import Policy
 
     logs.setup(args.log_format, getattr(logging, args.log_level.upper()))
@@ -208,7 +208,15 @@ def run(args: argparse.Namespace) -> int:
                 pf_carrier_pools=carrier_pools,
                 rescan_interval=args.rescan_interval,
             )
-            agent = Agent(host, config, options)
+            source = None
+            if args.config != "-":  # standard input is read once
+                source = ConfigFile(
+                    args.config,
+                    lambda: read_config(
+                        args.config, compat=args.compat, default_prefix=args.resource_prefix
+                    ),
+                )
+            agent = Agent(host, config, options, config_file=source)
             try:
                 agent.start()
                 # what start built lives as long as the agent: keep the collector off it,

@@ -192,6 +192,11 @@ class Host:
         pci = address if isinstance(address, PciAddress) else PciAddress.parse(address)
         return self.node.sysfs.device(pci)
 
+    def function_addresses(self) -> frozenset[str]:
+        """Every PCI function's address, from one directory listing (cheap enough to
+        tell after each kernel event whether functions came or went)."""
+        return self.node.sysfs.function_addresses()
+
     def bound_driver(self, address: str | PciAddress) -> str | None:
         """The driver bound to the PCI function at *address* now (None: none), without
         reading the rest of it; :class:`DeviceNotFound` if there is none."""
