@@ -148,3 +148,24 @@ def test_preferred_allocation_is_asked_for_and_honoured(
     assert sorted(given) == sorted(preferred["devices"])
     pfs = {layout[address][0] for address in given}
     assert len(pfs) == (1 if policy == "pack" else 2)
+
+
+def test_a_config_change_reaches_node_allocatable_without_a_restart(
+    cluster: KubeCluster, agent_factory: Any
+):
+    """The running agent reloads its config: kt_net narrowed to one PF drops to 6 on the
+    same registration, kt_dpdk removed from the config drops to 0."""
+    agent = agent_factory(CONFIG)
+    cluster.wait_allocatable(NET, "12")
+    cluster.wait_allocatable(DPDK, "4")
+    narrower = {"resourceList": [{**CONFIG["resourceList"][0]}]}
+    narrower["resourceList"][0]["selectors"] = {
+        "vendors": ["8086"], "drivers": ["iavf"], "pfNames": ["enp59s0f0"],
+    }  # fmt: skip
+    (agent.tmp / "config.new").write_text(json.dumps(narrower))
+    (agent.tmp / "config.new").replace(agent.tmp / "config.json")
+    cluster.wait_allocatable(NET, "6")
+    cluster.wait_allocatable(DPDK, "0")
+    assert agent.proc.poll() is None
+    registered = [e["resource"] for e in agent.events("registered")]
+    assert sorted(registered) == sorted([NET, DPDK])  # no pool registered twice

@@ -6,7 +6,10 @@ pool config made with ``sriovlib config generate`` (its one pool renamed to the 
 upstream accepts it and the strict mode refuses it: a shell drops such variables, so the
 container runs ``/bin/env`` directly), the agent started, and the node in
 the API shows ``intel.com/sriov-netdevice: <numvfs>``; a pod asking for one is admitted
-and its container sees the address of a real igbvf VF.
+and its container sees the address of a real igbvf VF. Then the agent's live health and
+reconcile on the real driver, through the real kubelet: ``ip link set <PF> down`` takes
+Allocatable to 0 (the kubelet counts healthy devices only), ``up`` brings it back, and
+``sriovlib numvfs <PF> 5`` under the running agent makes it 5.
 """
 
 from __future__ import annotations
@@ -86,6 +89,22 @@ try:
     result["pod_status"] = pod["status"].get("message") or pod["status"].get("containerStatuses")
     result["pod_log"] = cluster.pod_log("vf-pod")
     result["vfs"] = vfs
+    cluster.delete_pod("vf-pod")
+    # live health: the PF down takes every VF out of Allocatable, up brings them back
+    started = time.monotonic()
+    subprocess.run(["ip", "link", "set", PF, "down"], check=True)
+    cluster.wait_allocatable(RESOURCE, "0", timeout=120)
+    result["pf_down_to_allocatable_0_s"] = time.monotonic() - started
+    started = time.monotonic()
+    subprocess.run(["ip", "link", "set", PF, "up"], check=True)
+    cluster.wait_allocatable(RESOURCE, str(NUMVFS), timeout=120)
+    result["pf_up_to_allocatable_back_s"] = time.monotonic() - started
+    # numvfs changed under the running agent: the pool follows, on the same socket
+    started = time.monotonic()
+    subprocess.run([*sriovlib, "numvfs", PF, str(NUMVFS + 2), "--force"], check=True,
+                   capture_output=True)
+    cluster.wait_allocatable(RESOURCE, str(NUMVFS + 2), timeout=180)
+    result["numvfs_to_allocatable_s"] = time.monotonic() - started
 except Exception as e:  # the assertions on the host show it with the agent's log
     result["error"] = f"{{type(e).__name__}}: {{e}}"
 finally:
@@ -121,3 +140,8 @@ def test_real_vfs_reach_a_pod_through_a_real_kubelet(sriov_vm_clean: SriovVM) ->
     env = dict(line.split("=", 1) for line in result["pod_log"].splitlines() if "=" in line)
     assert env["PCIDEVICE_INTEL_COM_SRIOV-NETDEVICE"] in result["vfs"]
     assert result["agent_rc"] == 0, result["agent_log_tail"]
+    # the kubelet counts only healthy devices: the PF down took all 3 away, up gave them
+    # back, and numvfs 5 under the running agent made the pool 5 (each waited for above)
+    for figure in ("pf_down_to_allocatable_0_s", "pf_up_to_allocatable_back_s",
+                   "numvfs_to_allocatable_s"):  # fmt: skip
+        assert figure in result, result
