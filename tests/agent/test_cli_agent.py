@@ -97,6 +97,10 @@ def test_a_bad_config_is_one_error_and_serves_nothing(
         (["--resource-prefix", "Intel_COM"], "not a DNS subdomain"),
         (["--allocation-policy", "random"], "invalid choice"),
         (["--log-format", "xml"], "invalid choice"),
+        (["--metrics-address", "9808"], "expected HOST:PORT"),
+        (["--pf-carrier-health", "sometimes"], "expected on, off, POOL=on or POOL=off"),
+        (["--pf-carrier-health", "no_such_pool=off"], "no pool 'no_such_pool'"),
+        (["--rescan-interval", "0"], "expected seconds from 0.1"),
     ],
 )
 def test_bad_options_are_usage_errors(tmp_path: Path, extra: list[str], message: str) -> None:

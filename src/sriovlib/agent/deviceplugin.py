@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -33,6 +33,9 @@ from sriovlib.agent.api import deviceplugin_pb2_grpc as pb_grpc
 from sriovlib.agent.grants import Grant, Granter, GrantError, Refusal
 from sriovlib.agent.resources import AgentDevice, Resource
 from sriovlib.allocation import Candidate, Policy, PreferenceError, preferred_allocation
+
+if TYPE_CHECKING:
+    from sriovlib.agent.metrics import Metrics
 
 __all__ = ["DevicePluginService", "device_message"]
 
@@ -64,6 +67,7 @@ class DevicePluginService(pb_grpc.DevicePluginServicer):
         policy: How GetPreferredAllocation spreads a request over PFs.
         held: The device IDs that CNI attachment records hold now (may be slow: it is
             called once per GetPreferredAllocation).
+        metrics: Where latencies, updates and errors are counted, if anywhere.
     """
 
     def __init__(
@@ -73,11 +77,13 @@ class DevicePluginService(pb_grpc.DevicePluginServicer):
         *,
         policy: Policy = Policy.PACK,
         held: Callable[[], frozenset[str]] = frozenset,
+        metrics: Metrics | None = None,
     ) -> None:
         self.resource = resource
         self.granter = granter
         self.policy = policy
         self.held = held
+        self.metrics = metrics
 
     def GetDevicePluginOptions(self, request: pb.Empty, context: Any) -> pb.DevicePluginOptions:
         return pb.DevicePluginOptions(
@@ -105,6 +111,8 @@ class DevicePluginService(pb_grpc.DevicePluginServicer):
                     "generation": generation,
                 },
             )
+            if self.metrics is not None:
+                self.metrics.updates.labels(self.resource.name).inc()
             yield pb.ListAndWatchResponse(
                 devices=[device_message(d, topology=topology) for d in devices]
             )
@@ -112,6 +120,7 @@ class DevicePluginService(pb_grpc.DevicePluginServicer):
     def GetPreferredAllocation(
         self, request: pb.PreferredAllocationRequest, context: Any
     ) -> pb.PreferredAllocationResponse:
+        started = time.perf_counter()
         held = self.held() if request.container_requests else frozenset()
         response = pb.PreferredAllocationResponse()
         for container in request.container_requests:
@@ -121,6 +130,8 @@ class DevicePluginService(pb_grpc.DevicePluginServicer):
                 "GetPreferredAllocation",
                 extra={"resource": self.resource.name, "devices": list(chosen)},
             )
+        if self.metrics is not None:
+            self.metrics.preferred.labels(self.resource.name).observe(time.perf_counter() - started)
         return response
 
     def _prefer(
@@ -157,6 +168,9 @@ class DevicePluginService(pb_grpc.DevicePluginServicer):
                     "Allocate refused",
                     extra={"resource": self.resource.name, "device": e.device_id, "error": str(e)},
                 )
+                if self.metrics is not None:
+                    code = _STATUS[e.refusal].name
+                    self.metrics.errors.labels(self.resource.name, code).inc()
                 context.abort(_STATUS[e.refusal], f"{self.resource.name}: {e}")
             response.container_responses.append(_container_response(grant))
         log.info(
@@ -167,6 +181,8 @@ class DevicePluginService(pb_grpc.DevicePluginServicer):
                 "ms": round((time.perf_counter() - started) * 1000, 2),
             },
         )
+        if self.metrics is not None:
+            self.metrics.allocate.labels(self.resource.name).observe(time.perf_counter() - started)
         return response
 
     def PreStartContainer(

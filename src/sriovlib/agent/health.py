@@ -24,11 +24,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from sriovlib.agent.grants import Granter
 from sriovlib.agent.resources import AgentDevice, Health, Resource
 from sriovlib.exceptions import SriovError
 from sriovlib.host import Host
+
+if TYPE_CHECKING:
+    from sriovlib.agent.metrics import Metrics
 
 __all__ = ["RESCAN_INTERVAL", "SETTLE", "TICK", "HealthWatch"]
 
@@ -54,6 +58,7 @@ class HealthWatch:
         on_wake: Called on every wake-up before an assessment, with True after events
             and False every *tick* seconds without (the agent reconciles there).
         tick: Seconds between wake-ups without events.
+        metrics: Where health changes are counted, if anywhere.
     """
 
     def __init__(
@@ -66,6 +71,7 @@ class HealthWatch:
         rescan: float = RESCAN_INTERVAL,
         on_wake: Callable[[bool], None] | None = None,
         tick: float = TICK,
+        metrics: Metrics | None = None,
     ) -> None:
         self.host = host
         self.granter = granter
@@ -74,6 +80,7 @@ class HealthWatch:
         self.rescan = rescan
         self.on_wake = on_wake
         self.tick = tick
+        self.metrics = metrics
         self.assessments = 0
         self._stopping = threading.Event()
         self._events = host.watch()
@@ -125,6 +132,8 @@ class HealthWatch:
                 states[device.id] = (health, problem)
             for device_id in resource.update_health(states):
                 changed += 1
+                if self.metrics is not None:
+                    self.metrics.health_changes.labels(resource.name).inc()
                 health, problem = states[device_id]
                 log.info(
                     "device health",

@@ -18,6 +18,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -31,6 +32,9 @@ from sriovlib.attachments import AttachmentService
 from sriovlib.exceptions import SriovError
 from sriovlib.host import Host
 from sriovlib.pools import DEFAULT_PREFIX, Pool, PoolConfig, assign, discover_devices
+
+if TYPE_CHECKING:
+    from sriovlib.agent.metrics import Metrics
 
 __all__ = [
     "DEFAULT_CDI_DIR",
@@ -63,6 +67,7 @@ class AgentOptions:
             carrier, for the pools not in *pf_carrier_pools*.
         pf_carrier_pools: The same, per pool (by resource name, with or without prefix).
         rescan_interval: Seconds between health assessments when no kernel event comes.
+        metrics_address: Where the Prometheus endpoint listens (``host:port``), or None.
     """
 
     resource_prefix: str = DEFAULT_PREFIX
@@ -74,6 +79,7 @@ class AgentOptions:
     pf_carrier_health: bool = True
     pf_carrier_pools: Mapping[str, bool] = attrs.field(factory=dict)
     rescan_interval: float = RESCAN_INTERVAL
+    metrics_address: str | None = None
 
     def follows_pf_carrier(self, resource: Resource) -> bool:
         """Whether *resource*'s devices follow their PF's link state."""
@@ -145,6 +151,10 @@ class Agent:
         self.supervisor: Supervisor | None = None
         self.health: HealthWatch | None = None
         self.reconciles = 0
+        from sriovlib.agent.metrics import Metrics  # prometheus_client: the agent only
+
+        self.metrics: Metrics = Metrics(lambda: self.resources, self._held)
+        self.metrics_address: tuple[str, int] | None = None
         self._functions: frozenset[str] = frozenset()
         self._lock = threading.RLock()
 
@@ -178,6 +188,7 @@ class Agent:
             pf_carrier=self.options.follows_pf_carrier,
             rescan=self.options.rescan_interval,
             on_wake=self._on_wake,
+            metrics=self.metrics,
         )
         self.health.assess()  # the first ListAndWatch already tells the truth
         self.options.device_plugin_dir.mkdir(parents=True, exist_ok=True)
@@ -187,10 +198,18 @@ class Agent:
         self.supervisor.step()  # register now if the kubelet is there
         self.supervisor.start()
         self.health.start()
+        if self.options.metrics_address is not None:
+            self.metrics_address = self.metrics.serve(self.options.metrics_address)
+            host, port = self.metrics_address
+            log.info("metrics", extra={"address": f"{host}:{port}"})
 
     def _serve(self, resource: Resource) -> None:
         service = DevicePluginService(
-            resource, self.granter, policy=self.options.policy, held=self._held
+            resource,
+            self.granter,
+            policy=self.options.policy,
+            held=self._held,
+            metrics=self.metrics,
         )
         server = PluginServer(service, self.options.device_plugin_dir)
         self.granter.prune_device_info(resource)
@@ -251,6 +270,7 @@ class Agent:
         """
         with self._lock:
             self.reconciles += 1
+            self.metrics.reconciles.labels(reason).inc()
             self._functions = self.host.function_addresses()
             fresh = {r.name: r for r in self.discover()}
             wanted = {p.full_name(self.options.resource_prefix) for p in self.config.pools}
@@ -288,6 +308,7 @@ class Agent:
 
     def stop(self) -> None:
         """End the streams, stop supervising and serving, remove the sockets."""
+        self.metrics.stop()
         if self.health is not None:
             self.health.stop()
         with self._lock:

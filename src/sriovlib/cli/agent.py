@@ -16,13 +16,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from sriovlib.cli._common import add_host_options, open_host
+from sriovlib.cli._common import add_host_options, open_host, print_json, print_table
 from sriovlib.cli.pools import read_config
 from sriovlib.pools import DEFAULT_PREFIX, PoolConfig, check_resource_prefix
 
 __all__ = ["DEFAULT_CONFIG", "register", "run"]
 
 DEFAULT_CONFIG = "/etc/pcidp/config.json"
+DEFAULT_METRICS = "127.0.0.1:9808"
+#: The ``agent status --json`` document's version.
+STATUS_SCHEMA = "sriovlib.agent-status/1"
 
 
 def _prefix(text: str) -> str:
@@ -64,6 +67,44 @@ def _carrier_settings(
         else:
             pools[name] = on
     return default, pools
+
+
+def _metrics_address(text: str) -> str | None:
+    from sriovlib.agent.metrics import parse_address
+
+    if text == "off":
+        return None
+    try:
+        parse_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Print what the agent at ``--metrics-address`` serves; exit 1 if none answers."""
+    from sriovlib.agent.metrics import read_status
+
+    if args.metrics_address is None:
+        raise ValueError("status needs the agent's --metrics-address, not off")
+    try:
+        status = read_status(args.metrics_address)
+    except OSError as e:
+        raise OSError(f"no agent answers at {args.metrics_address}: {e}") from None
+    if args.json:
+        print_json({"schema": STATUS_SCHEMA, **status})
+        return 0
+    columns = ("pool", "devices", "healthy", "allocated", "ListAndWatch updates",
+               "Allocates", "errors", "health changes")  # fmt: skip
+    keys = ("devices", "healthy", "allocated", "updates", "allocates", "errors",
+            "health_changes")  # fmt: skip
+    rows = [
+        [name, *(str(int(figures.get(key, 0))) for key in keys)]
+        for name, figures in sorted(status["pools"].items())
+    ]
+    print_table(f"sriovlib agent at {args.metrics_address}", columns, rows)
+    print(f"reconciles: {status['reconciles']}")
+    return 0
 
 
 def register(subparsers: Any) -> None:
@@ -159,6 +200,14 @@ def register(subparsers: Any) -> None:
         "every SECONDS (default: %(default)s)",
     )
     parser.add_argument(
+        "--metrics-address",
+        metavar="HOST:PORT|off",
+        type=_metrics_address,
+        default=DEFAULT_METRICS,
+        help="where the Prometheus text endpoint listens, or off (default: %(default)s); "
+        "`sriovlib agent status` reads it",
+    )
+    parser.add_argument(
         "--log-format",
         choices=("text", "json"),
         default="text",
@@ -172,6 +221,21 @@ def register(subparsers: Any) -> None:
     )
     add_host_options(parser, json=False)
     parser.set_defaults(func=run)
+    commands = parser.add_subparsers(dest="agent_command", metavar="{status}")
+    status = commands.add_parser(
+        "status",
+        help="print a running agent's live view: every pool's devices, health, updates",
+        description="Read a running agent's metrics endpoint and print every pool.",
+    )
+    status.add_argument(
+        "--metrics-address",
+        metavar="HOST:PORT",
+        type=_metrics_address,
+        default=DEFAULT_METRICS,
+        help="the agent's --metrics-address (default: %(default)s)",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.set_defaults(func=run_status)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -207,6 +271,7 @@ def run(args: argparse.Namespace) -> int:
                 pf_carrier_health=carrier_default,
                 pf_carrier_pools=carrier_pools,
                 rescan_interval=args.rescan_interval,
+                metrics_address=args.metrics_address,
             )
             source = None
             if args.config != "-":  # standard input is read once
