@@ -766,6 +766,30 @@ class AttachmentService:
         log.info("collected %d attachment(s) of network %s", released, network)
         return released, errors
 
+    def orphans(self) -> tuple[Allocation, ...]:
+        """The records whose owner's network namespace is gone: the pod went without a
+        DEL (yet). Records without a namespace are never orphans."""
+        return self.store.stale()
+
+    def reclaim_orphan(self, record: Allocation) -> bool:
+        """Take back the VF of *record*, an orphan, as a DEL would: the VF restored from
+        its snapshot (or reset to safe defaults), the records dropped. The IPAM release
+        is not done (it needs the network's config, which only the runtime's DEL or GC
+        carries). False when the record changed or its namespace came back meanwhile.
+
+        Raises:
+            ReleaseFailed: the VF could not be restored (the records are kept).
+        """
+        with self.lock(record.vf):
+            current = self.store.find(record.owner)
+            if current is None or current.vf != record.vf:
+                return False
+            if current not in self.store.stale():
+                return False
+            held = self._held_of(current)
+            self._clean_up(held, None, "its network namespace is gone (orphan reclaim)")
+            return True
+
     def problems(self) -> list[str]:
         """Why the service could not work now (an empty list when it can)."""
         found = []

@@ -101,6 +101,7 @@ def test_a_bad_config_is_one_error_and_serves_nothing(
         (["--pf-carrier-health", "sometimes"], "expected on, off, POOL=on or POOL=off"),
         (["--pf-carrier-health", "no_such_pool=off"], "no pool 'no_such_pool'"),
         (["--rescan-interval", "0"], "expected seconds from 0.1"),
+        (["--reclaim", "maybe"], "invalid choice"),
     ],
 )
 def test_bad_options_are_usage_errors(tmp_path: Path, extra: list[str], message: str) -> None:

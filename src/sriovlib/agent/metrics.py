@@ -14,6 +14,7 @@ metric                                      what
 ``sriovlib_errors_total{resource,code}``    RPCs answered with an error, by gRPC code
 ``sriovlib_health_changes_total``           devices that changed health
 ``sriovlib_reconciles_total{reason}``       reconciles of the pools
+``sriovlib_reclaims_total{outcome}``        orphan VFs reclaimed, reported (dry run), failed
 ==========================================  ==========================================
 
 The pool gauges are read from the live resources at each scrape; the rest are counted
@@ -123,6 +124,12 @@ class Metrics:
         self.reconciles = Counter(
             "sriovlib_reconciles", "Reconciles of the pools", ["reason"], registry=self.registry
         )
+        self.reclaims = Counter(
+            "sriovlib_reclaims",
+            "Orphan VFs (their pod's namespace gone) by outcome: reclaimed, dry-run, failed",
+            ["outcome"],
+            registry=self.registry,
+        )
         self._server: Any = None
 
     def serve(self, address: str) -> tuple[str, int]:
@@ -166,10 +173,18 @@ def read_status(address: str, timeout: float = 5.0) -> dict[str, Any]:
             if sample.name == "sriovlib_reconciles_total":
                 totals["reconciles"] = totals.get("reconciles", 0) + sample.value
                 continue
+            if sample.name == "sriovlib_reclaims_total":
+                outcome = f"reclaims_{sample.labels.get('outcome', '')}".replace("-", "_")
+                totals[outcome] = totals.get(outcome, 0) + sample.value
+                continue
             key = keys.get(sample.name)
             resource = sample.labels.get("resource")
             if key is None or resource is None:
                 continue
             pool = pools.setdefault(resource, {})
             pool[key] = pool.get(key, 0) + sample.value
-    return {"pools": pools, "reconciles": int(totals.get("reconciles", 0))}
+    reclaims = {
+        outcome: int(totals.get(f"reclaims_{outcome.replace('-', '_')}", 0))
+        for outcome in ("reclaimed", "dry-run", "failed")
+    }
+    return {"pools": pools, "reconciles": int(totals.get("reconciles", 0)), "reclaims": reclaims}

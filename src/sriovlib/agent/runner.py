@@ -26,6 +26,7 @@ from sriovlib.agent.deviceplugin import DevicePluginService
 from sriovlib.agent.grants import Granter
 from sriovlib.agent.health import RESCAN_INTERVAL, HealthWatch
 from sriovlib.agent.kubelet import PluginServer, Supervisor
+from sriovlib.agent.reclaim import DEFAULT_GRACE, Reclaimer, ReclaimMode
 from sriovlib.agent.resources import Resource, build_resources
 from sriovlib.allocation import Policy
 from sriovlib.attachments import AttachmentService
@@ -68,6 +69,8 @@ class AgentOptions:
         pf_carrier_pools: The same, per pool (by resource name, with or without prefix).
         rescan_interval: Seconds between health assessments when no kernel event comes.
         metrics_address: Where the Prometheus endpoint listens (``host:port``), or None.
+        reclaim: What to do with VFs held for pods whose namespace is gone.
+        reclaim_grace: Seconds such a record must stay orphaned first.
     """
 
     resource_prefix: str = DEFAULT_PREFIX
@@ -80,6 +83,8 @@ class AgentOptions:
     pf_carrier_pools: Mapping[str, bool] = attrs.field(factory=dict)
     rescan_interval: float = RESCAN_INTERVAL
     metrics_address: str | None = None
+    reclaim: ReclaimMode = ReclaimMode.ON
+    reclaim_grace: float = DEFAULT_GRACE
 
     def follows_pf_carrier(self, resource: Resource) -> bool:
         """Whether *resource*'s devices follow their PF's link state."""
@@ -155,6 +160,12 @@ class Agent:
 
         self.metrics: Metrics = Metrics(lambda: self.resources, self._held)
         self.metrics_address: tuple[str, int] | None = None
+        self.reclaimer = Reclaimer(
+            self.attachments,
+            mode=options.reclaim,
+            grace=options.reclaim_grace,
+            metrics=self.metrics,
+        )
         self._functions: frozenset[str] = frozenset()
         self._lock = threading.RLock()
 
@@ -240,8 +251,9 @@ class Agent:
         log.info("pool removed: no longer served", extra={"resource": resource.name})
 
     def _on_wake(self, event: bool) -> None:
-        """Reconcile when the config file changed, or after kernel events when PCI
-        functions came or went (VFs created or removed)."""
+        """Reclaim orphans; reconcile when the config file changed, or after kernel
+        events when PCI functions came or went (VFs created or removed)."""
+        self.reclaimer.step()
         reason = None
         if self.config_file is not None and self.config_file.changed():
             try:

@@ -103,7 +103,8 @@ def run_status(args: argparse.Namespace) -> int:
         for name, figures in sorted(status["pools"].items())
     ]
     print_table(f"sriovlib agent at {args.metrics_address}", columns, rows)
-    print(f"reconciles: {status['reconciles']}")
+    reclaims = ", ".join(f"{k} {v}" for k, v in status["reclaims"].items())
+    print(f"reconciles: {status['reconciles']}; orphan reclaims: {reclaims}")
     return 0
 
 
@@ -200,6 +201,20 @@ def register(subparsers: Any) -> None:
         "every SECONDS (default: %(default)s)",
     )
     parser.add_argument(
+        "--reclaim",
+        choices=("on", "dry-run", "off"),
+        default="on",
+        help="VFs still held for pods whose network namespace is gone: take them back, "
+        "only log them, or leave them (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--reclaim-grace",
+        metavar="SECONDS",
+        type=_seconds,
+        default=60.0,
+        help="how long such a VF must stay orphaned before it is reclaimed (default: %(default)s)",
+    )
+    parser.add_argument(
         "--metrics-address",
         metavar="HOST:PORT|off",
         type=_metrics_address,
@@ -241,6 +256,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; exit 0 after a clean stop."""
     from sriovlib.agent import logs
+    from sriovlib.agent.reclaim import ReclaimMode
     from sriovlib.agent.runner import Agent, AgentOptions, ConfigFile
     from sriovlib.allocation import Policy
 
@@ -272,6 +288,8 @@ def run(args: argparse.Namespace) -> int:
                 pf_carrier_pools=carrier_pools,
                 rescan_interval=args.rescan_interval,
                 metrics_address=args.metrics_address,
+                reclaim=ReclaimMode(args.reclaim),
+                reclaim_grace=args.reclaim_grace,
             )
             source = None
             if args.config != "-":  # standard input is read once
