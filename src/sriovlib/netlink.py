@@ -34,21 +34,27 @@ Errors: every refusal becomes a :class:`KernelError` carrying the operation, the
 and the errno; the usual errnos have their own classes (:class:`KernelNotFound`,
 :class:`Unsupported`, :class:`InvalidValue`, :class:`Busy`).
 
-Why :class:`KernelNetlink` sends pyroute2-encoded messages over its own socket instead of
-calling ``IPRoute``: (1) a VF list is one message that grows with the VF count; it is
+Why :class:`KernelNetlink` sends its own messages over its own socket instead of calling
+pyroute2's ``IPRoute``: (1) a VF list is one message that grows with the VF count; it is
 read with a buffer sized by ``MSG_PEEK | MSG_TRUNC``, so it is never cut short, and its
 entries are walked past the 64 KiB point where the list attribute's 16-bit length wraps
 (see :func:`_vfinfo_chunks`); (2) pyroute2 0.9 encodes ``IFLA_VF_VLAN_INFO`` two bytes
 short of the kernel's struct, so the kernel answers EINVAL to any VLAN-protocol request
-(802.1ad could never be reported as unsupported), so that one request is built by hand;
-(3) ``IPRoute(netns=...)`` forks a helper per socket and by default *creates* a namespace
-that does not exist — a release after the pod's namespace was deleted must not resurrect
-it. Namespaces are entered by a short-lived thread (``setns``) that only opens the socket
-(or writes one sysctl file).
+(802.1ad could never be reported as unsupported); (3) ``IPRoute(netns=...)`` forks a
+helper per socket and by default *creates* a namespace that does not exist — a release
+after the pod's namespace was deleted must not resurrect it. Namespaces are entered by a
+short-lived thread (``setns``) that only opens the socket (or writes one sysctl file).
 
-pyroute2 is imported on first use, not at ``import sriovlib`` (it costs ~150 ms), and
-addresses and routes never import it: their messages are a few fixed structs, encoded
-and decoded here by hand, so that the CNI plugin's address setup costs no pyroute2 import.
+Every message of the interface — links, VF settings, addresses, routes — is a fixed
+struct and a few attributes, encoded and decoded here by hand (``struct``), so the CNI
+plugin's ADD and DEL import no pyroute2 at all: in pyroute2 0.9 importing any submodule
+runs the package's ``__init__``, which loads nearly all of it (IPDB, NDB with sqlite3,
+asyncio, ssl, conntrack: ~60 ms natively), and even the link codec alone, without that
+``__init__``, costs more than the CNI plugin's whole import budget. pyroute2 remains
+for the one generic-netlink request, devlink's eswitch mode
+(:meth:`KernelNetlink.eswitch_mode`), imported on first use; ``tests/test_netlink.py``
+checks the hand-made messages byte for byte against pyroute2's encoder and the decoders
+against its decoder.
 """
 
 from __future__ import annotations
@@ -299,11 +305,42 @@ _UNREPORTED = 0xFFFFFFFF  # the kernel presets spoofchk/trust/rss_query_en to -1
 _HEADER = struct.Struct("=IHHII")
 _IFINFOMSG_SIZE = 16
 _NLA_TYPE_MASK = 0x3FFF
+_NLA_F_NESTED = 0x8000
+# links: struct ifinfomsg and the IFLA_* attributes (linux/if_link.h)
+_IFLA_ADDRESS = 1
 _IFLA_IFNAME = 3
+_IFLA_MTU = 4
 _IFLA_VFINFO_LIST = 22
+_IFLA_NET_NS_FD = 28
+_IFLA_EXT_MASK = 29
+_IFLA_CARRIER = 33
+_IFLA_PROP_LIST = 52
+_IFLA_ALT_IFNAME = 53
+_IFLA_PARENT_DEV_NAME = 56
+# one VF: IFLA_VF_INFO and its IFLA_VF_* attributes (struct ifla_vf_*, all starting
+# with the VF's index as a __u32)
 _IFLA_VF_INFO = 1
+_IFLA_VF_MAC = 1
+_IFLA_VF_VLAN = 2
+_IFLA_VF_TX_RATE = 3
+_IFLA_VF_SPOOFCHK = 4
+_IFLA_VF_LINK_STATE = 5
+_IFLA_VF_RATE = 6
+_IFLA_VF_RSS_QUERY_EN = 7
+_IFLA_VF_TRUST = 9
 _IFLA_VF_VLAN_LIST = 12
 _IFLA_VF_VLAN_INFO = 1
+_VF_MAC_SIZE = 32  # struct ifla_vf_mac: __u8 mac[32]
+_VF_STRUCTS = {  # attribute -> how many __u32 fields its struct has, vf index first
+    _IFLA_VF_MAC: 1,
+    _IFLA_VF_VLAN: 3,
+    _IFLA_VF_TX_RATE: 2,
+    _IFLA_VF_SPOOFCHK: 2,
+    _IFLA_VF_LINK_STATE: 2,
+    _IFLA_VF_RATE: 3,
+    _IFLA_VF_RSS_QUERY_EN: 2,
+    _IFLA_VF_TRUST: 2,
+}
 _RCVBUF = 1 << 20
 # addresses and routes: struct ifaddrmsg, struct rtmsg, struct rtnexthop
 _IFINFOMSG = struct.Struct("=BxHiII")
@@ -326,40 +363,56 @@ _RTPROT_BOOT = 3
 _RTN_UNICAST = 1
 
 
-@functools.cache
-def _codec() -> Any:
-    """pyroute2's link message class (``ifinfmsg``), imported on first use."""
-    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-
-    return ifinfmsg
-
-
 def _nla(kind: int, payload: bytes) -> bytes:
     """One netlink attribute, padded to 4 bytes."""
     return struct.pack("=HH", 4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
 
 
-def _attributes(data: bytes, offset: int = 0) -> dict[int, bytes]:
-    """The payloads of the netlink attributes from *offset* on, by type."""
-    found = {}
+def _nla_string(kind: int, text: str) -> bytes:
+    """A NUL-terminated string attribute (``IFLA_IFNAME`` and the like)."""
+    return _nla(kind, text.encode() + b"\0")
+
+
+def _nla_u32(kind: int, value: int) -> bytes:
+    return _nla(kind, struct.pack("=I", value))
+
+
+def _attribute_list(data: bytes, offset: int = 0) -> list[tuple[int, bytes]]:
+    """The netlink attributes from *offset* on, in order: (type, payload) pairs."""
+    found = []
     while offset + 4 <= len(data):
         length, kind = struct.unpack_from("=HH", data, offset)
         if length < 4:
             break
-        found[kind & _NLA_TYPE_MASK] = data[offset + 4 : offset + length]
+        found.append((kind & _NLA_TYPE_MASK, data[offset + 4 : offset + length]))
         offset += (length + 3) & ~3
     return found
 
 
-class _RawMessage:
-    """A request whose body (the fixed struct and the attributes) is encoded by hand,
-    with the interface :meth:`_Channel.request` uses of a pyroute2 message.
+def _attributes(data: bytes, offset: int = 0) -> dict[int, bytes]:
+    """The payloads of the netlink attributes from *offset* on, by type (the first of
+    a repeated type)."""
+    found: dict[int, bytes] = {}
+    for kind, payload in _attribute_list(data, offset):
+        found.setdefault(kind, payload)
+    return found
 
-    Used where pyroute2 gets a message wrong — ``IFLA_VF_VLAN_INFO`` must carry the
-    kernel's 16-byte ``struct ifla_vf_vlan_info`` (pyroute2 0.9 sends 14 bytes, which the
-    kernel refuses with EINVAL) — and for addresses and routes, which must not cost a
-    pyroute2 import.
-    """
+
+def _string(payload: bytes) -> str:
+    return payload.split(b"\0", 1)[0].decode(errors="replace")
+
+
+def _format_mac(raw: bytes) -> str:
+    return ":".join(f"{byte:02x}" for byte in raw)
+
+
+def _mac_bytes(mac: str) -> bytes:
+    return bytes(int(part, 16) for part in mac.split(":"))
+
+
+class _RawMessage:
+    """A request: its body (the fixed struct and the attributes) encoded by hand; the
+    netlink header is filled in by :meth:`_Channel.request`."""
 
     def __init__(self, body: bytes) -> None:
         self.body = body
@@ -382,12 +435,37 @@ class _RawMessage:
         )
 
 
-def _vlan_list_request(pf: str, vf: int, vlan: int, qos: int, ethertype: int) -> _RawMessage:
+def _link_request(
+    attributes: bytes = b"", *, index: int = 0, flags: int = 0, change: int = 0
+) -> _RawMessage:
+    """A link message (``RTM_GETLINK``, ``RTM_SETLINK``...): ``struct ifinfomsg`` and
+    *attributes*."""
+    return _RawMessage(_IFINFOMSG.pack(0, 0, index, flags, change) + attributes)
+
+
+def _vf_request(pf: str, setting: bytes) -> _RawMessage:
+    """``RTM_SETLINK`` of *pf* with one VF setting: ``IFLA_VFINFO_LIST`` holding one
+    ``IFLA_VF_INFO`` holding *setting* (an encoded ``IFLA_VF_*`` attribute)."""
+    vfinfo_list = _nla(_IFLA_VFINFO_LIST, _nla(_IFLA_VF_INFO, setting))
+    return _link_request(_nla_string(_IFLA_IFNAME, pf) + vfinfo_list)
+
+
+def _vf_mac_setting(vf: int, mac: str) -> bytes:
+    raw = _mac_bytes(mac)
+    return _nla(_IFLA_VF_MAC, struct.pack("=I", vf) + raw + bytes(_VF_MAC_SIZE - len(raw)))
+
+
+def _vf_setting(kind: int, vf: int, *values: int) -> bytes:
+    """An ``IFLA_VF_*`` attribute whose struct is the VF index and *values* (__u32)."""
+    return _nla(kind, struct.pack(f"={1 + len(values)}I", vf, *values))
+
+
+def _vf_vlan_list_setting(vf: int, vlan: int, qos: int, ethertype: int) -> bytes:
+    """``IFLA_VF_VLAN_LIST`` with one ``struct ifla_vf_vlan_info``: 16 bytes, the
+    protocol in network order, then two bytes of padding (pyroute2 0.9 sent 14, which the
+    kernel refuses with EINVAL)."""
     info = struct.pack("=III", vf, vlan, qos) + struct.pack(">H", ethertype) + b"\0\0"
-    vlan_list = _nla(_IFLA_VF_VLAN_LIST, _nla(_IFLA_VF_VLAN_INFO, info))
-    vfinfo_list = _nla(_IFLA_VFINFO_LIST, _nla(_IFLA_VF_INFO, vlan_list))
-    attributes = _nla(_IFLA_IFNAME, pf.encode() + b"\0") + vfinfo_list
-    return _RawMessage(_IFINFOMSG.pack(0, 0, 0, 0, 0) + attributes)
+    return _nla(_IFLA_VF_VLAN_LIST, _nla(_IFLA_VF_VLAN_INFO, info))
 
 
 def _family(version: int) -> int:
@@ -573,7 +651,7 @@ class _Channel:
 
     def request(
         self,
-        msg: Any,
+        msg: _RawMessage,
         msg_type: int,
         operation: str,
         device: str,
@@ -671,56 +749,76 @@ def _flag(value: int) -> bool | None:
     return None if value == _UNREPORTED else bool(value)
 
 
-def _vf_state(vfinfo: Any) -> VfState:
-    """A VfState from one decoded ``IFLA_VF_INFO``."""
-    attrs_ = dict(vfinfo["attrs"])
-    mac = attrs_.get("IFLA_VF_MAC")
-    vlan = attrs_.get("IFLA_VF_VLAN")
-    vlan_list = attrs_.get("IFLA_VF_VLAN_LIST")
+def _vf_state(vfinfo: bytes) -> VfState | None:
+    """A VfState from one raw ``IFLA_VF_INFO`` attribute (header included); None if it
+    holds no setting that names its VF. A setting shorter than its struct counts as not
+    reported."""
+    fields: dict[int, tuple[int, ...]] = {}
     proto = VlanProto.DOT1Q
-    if vlan_list is not None:
-        infos = vlan_list.get_attrs("IFLA_VF_VLAN_INFO")
-        if infos:
-            proto = VlanProto.from_ethertype(infos[0]["proto"])
-    rate = attrs_.get("IFLA_VF_RATE")
-    tx_rate = attrs_.get("IFLA_VF_TX_RATE")
-    spoofchk = attrs_.get("IFLA_VF_SPOOFCHK")
-    trust = attrs_.get("IFLA_VF_TRUST")
-    link_state = attrs_.get("IFLA_VF_LINK_STATE")
-    rss = attrs_.get("IFLA_VF_RSS_QUERY_EN")
-    index = next(v["vf"] for v in attrs_.values() if hasattr(v, "get") and "vf" in v)
+    index: int | None = None
+    mac = ZERO_MAC
+    for kind, payload in _attribute_list(vfinfo, 4):
+        count = _VF_STRUCTS.get(kind)
+        needed = 4 * count + (6 if kind == _IFLA_VF_MAC else 0) if count is not None else 0
+        if count is not None and kind not in fields and len(payload) >= needed:
+            fields[kind] = struct.unpack_from(f"={count}I", payload)
+            if index is None:
+                index = fields[kind][0]
+            if kind == _IFLA_VF_MAC:
+                mac = _format_mac(payload[4:10])
+        elif kind == _IFLA_VF_VLAN_LIST:
+            infos = [p for k, p in _attribute_list(payload) if k == _IFLA_VF_VLAN_INFO]
+            if infos and len(infos[0]) >= 14:
+                (ethertype,) = struct.unpack_from(">H", infos[0], 12)
+                proto = VlanProto.from_ethertype(ethertype)
+    if index is None:
+        return None
+    vlan = fields.get(_IFLA_VF_VLAN)
+    rate = fields.get(_IFLA_VF_RATE)
+    tx_rate = fields.get(_IFLA_VF_TX_RATE)
+    spoofchk = fields.get(_IFLA_VF_SPOOFCHK)
+    trust = fields.get(_IFLA_VF_TRUST)
+    link_state = fields.get(_IFLA_VF_LINK_STATE)
+    rss = fields.get(_IFLA_VF_RSS_QUERY_EN)
     return VfState(
         index=index,
-        mac=mac["mac"] if mac is not None else ZERO_MAC,
-        vlan=vlan["vlan"] if vlan is not None else 0,
-        qos=vlan["qos"] if vlan is not None else 0,
+        mac=mac,
+        vlan=vlan[1] if vlan is not None else 0,
+        qos=vlan[2] if vlan is not None else 0,
         vlan_proto=proto,
-        spoofchk=None if spoofchk is None else _flag(spoofchk["spoofchk"]),
-        trust=None if trust is None else _flag(trust["trust"]),
-        link_state=None
-        if link_state is None
-        else VfLinkState.from_kernel(link_state["link_state"]),
-        min_tx_rate=rate["min_tx_rate"] if rate is not None else 0,
-        max_tx_rate=(
-            rate["max_tx_rate"] if rate is not None else tx_rate["tx_rate"] if tx_rate else 0
-        ),
-        query_rss=None if rss is None else _flag(rss["rss_query_en"]),
+        spoofchk=None if spoofchk is None else _flag(spoofchk[1]),
+        trust=None if trust is None else _flag(trust[1]),
+        link_state=None if link_state is None else VfLinkState.from_kernel(link_state[1]),
+        min_tx_rate=rate[1] if rate is not None else 0,
+        max_tx_rate=rate[2] if rate is not None else tx_rate[1] if tx_rate is not None else 0,
+        query_rss=None if rss is None else _flag(rss[1]),
     )
 
 
-def _link_info(msg: Any) -> LinkInfo:
-    props = msg.get_attr("IFLA_PROP_LIST")
-    altnames = tuple(props.get_attrs("IFLA_ALT_IFNAME")) if props is not None else ()
-    carrier = msg.get_attr("IFLA_CARRIER")
+def _link_info(message: bytes) -> LinkInfo:
+    """A LinkInfo from one ``RTM_NEWLINK`` message (header included). The MAC is the
+    first six bytes of ``IFLA_ADDRESS`` (an InfiniBand link's is 20 bytes long)."""
+    _, _, index, flags, _ = _IFINFOMSG.unpack_from(message, _HEADER.size)
+    found = _attributes(message, _HEADER.size + _IFINFOMSG.size)
+    props = found.get(_IFLA_PROP_LIST)
+    altnames = tuple(
+        _string(payload)
+        for kind, payload in (_attribute_list(props) if props is not None else ())
+        if kind == _IFLA_ALT_IFNAME
+    )
+    address = found.get(_IFLA_ADDRESS, b"")[:6]
+    mtu = found.get(_IFLA_MTU, b"")
+    carrier = found.get(_IFLA_CARRIER, b"")
+    parent = found.get(_IFLA_PARENT_DEV_NAME)
     return LinkInfo(
-        index=msg["index"],
-        name=msg.get_attr("IFLA_IFNAME"),
-        mac=msg.get_attr("IFLA_ADDRESS") or ZERO_MAC,
-        mtu=msg.get_attr("IFLA_MTU") or 0,
-        up=bool(msg["flags"] & _IFF_UP),
+        index=index,
+        name=_string(found.get(_IFLA_IFNAME, b"")),
+        mac=_format_mac(address) if address else ZERO_MAC,
+        mtu=struct.unpack_from("=I", mtu)[0] if len(mtu) >= 4 else 0,
+        up=bool(flags & _IFF_UP),
         altnames=altnames,
-        parent=msg.get_attr("IFLA_PARENT_DEV_NAME"),
-        carrier=None if carrier is None else bool(carrier),
+        parent=None if parent is None else _string(parent),
+        carrier=bool(carrier[0]) if carrier else None,
     )
 
 
@@ -811,7 +909,7 @@ class KernelNetlink:
     def _request(
         self,
         kind: str,
-        msg: Any,
+        msg: _RawMessage,
         msg_type: int,
         operation: str,
         device: str,
@@ -828,101 +926,83 @@ class KernelNetlink:
 
     def vf_states(self, pf: str) -> tuple[VfState, ...]:
         """Every VF's settings from one ``RTM_GETLINK`` of the PF."""
-        message_class = _codec()
-        msg = message_class()
-        msg["attrs"] = [
-            ("IFLA_IFNAME", pf),
-            ("IFLA_EXT_MASK", _RTEXT_FILTER_VF | _RTEXT_FILTER_SKIP_STATS),
-        ]
+        msg = _link_request(
+            _nla_string(_IFLA_IFNAME, pf)
+            + _nla_u32(_IFLA_EXT_MASK, _RTEXT_FILTER_VF | _RTEXT_FILTER_SKIP_STATS)
+        )
         replies = self._request("vf_list", msg, _RTM_GETLINK, "read VF list", pf)
         if not replies:
             return ()
-        states = []
-        for chunk in _vfinfo_chunks(replies[0]):
-            info = message_class.vflist.vfinfo(chunk)
-            info.decode()
-            states.append(_vf_state(info))
-        return tuple(states)
+        found = (_vf_state(chunk) for chunk in _vfinfo_chunks(replies[0]))
+        return tuple(state for state in found if state is not None)
 
-    def _set_vf(self, pf: str, vf: int, knob: str, nla: str, value: dict[str, Any]) -> None:
-        msg = _codec()()
-        msg["attrs"] = [
-            ("IFLA_IFNAME", pf),
-            ("IFLA_VFINFO_LIST", {"attrs": [("IFLA_VF_INFO", {"attrs": [(nla, value)]})]}),
-        ]
-        self._send_vf(pf, vf, knob, msg)
-
-    def _send_vf(self, pf: str, vf: int, knob: str, msg: Any) -> None:
+    def _set_vf(self, pf: str, vf: int, knob: str, setting: bytes) -> None:
         try:
-            self._request("set_vf", msg, _RTM_SETLINK, f"set VF {knob}", f"{pf} vf {vf}")
+            self._request(
+                "set_vf",
+                _vf_request(pf, setting),
+                _RTM_SETLINK,
+                f"set VF {knob}",
+                f"{pf} vf {vf}",
+            )
         except KernelError as e:
             e.knob = knob
             raise
 
     def set_vf_mac(self, pf: str, vf: int, mac: str) -> None:
         """Set the administrative MAC of VF *vf*."""
-        self._set_vf(pf, vf, "mac", "IFLA_VF_MAC", {"vf": vf, "mac": mac})
+        self._set_vf(pf, vf, "mac", _vf_mac_setting(vf, mac))
 
     def set_vf_vlan(self, pf: str, vf: int, vlan: int, qos: int, proto: VlanProto) -> None:
         """Set the port VLAN (802.1Q through ``IFLA_VF_VLAN``, which every driver takes;
         802.1ad through ``IFLA_VF_VLAN_LIST``)."""
         if proto is VlanProto.DOT1Q:
-            self._set_vf(pf, vf, "vlan", "IFLA_VF_VLAN", {"vf": vf, "vlan": vlan, "qos": qos})
+            self._set_vf(pf, vf, "vlan", _vf_setting(_IFLA_VF_VLAN, vf, vlan, qos))
             return
-        msg = _vlan_list_request(pf, vf, vlan, qos, proto.ethertype)
-        self._send_vf(pf, vf, "vlan_proto", msg)
+        setting = _vf_vlan_list_setting(vf, vlan, qos, proto.ethertype)
+        self._set_vf(pf, vf, "vlan_proto", setting)
 
     def set_vf_rate(self, pf: str, vf: int, min_tx_rate: int, max_tx_rate: int) -> None:
         """Set both transmit rates in one ``IFLA_VF_RATE``."""
         knob = "min_tx_rate" if min_tx_rate else "max_tx_rate"
-        value = {"vf": vf, "min_tx_rate": min_tx_rate, "max_tx_rate": max_tx_rate}
-        self._set_vf(pf, vf, knob, "IFLA_VF_RATE", value)
+        setting = _vf_setting(_IFLA_VF_RATE, vf, min_tx_rate, max_tx_rate)
+        self._set_vf(pf, vf, knob, setting)
 
     def set_vf_spoofchk(self, pf: str, vf: int, on: bool) -> None:
         """Turn spoof checking on or off."""
-        self._set_vf(pf, vf, "spoofchk", "IFLA_VF_SPOOFCHK", {"vf": vf, "spoofchk": int(on)})
+        self._set_vf(pf, vf, "spoofchk", _vf_setting(_IFLA_VF_SPOOFCHK, vf, int(on)))
 
     def set_vf_trust(self, pf: str, vf: int, on: bool) -> None:
         """Turn trusted mode on or off."""
-        self._set_vf(pf, vf, "trust", "IFLA_VF_TRUST", {"vf": vf, "trust": int(on)})
+        self._set_vf(pf, vf, "trust", _vf_setting(_IFLA_VF_TRUST, vf, int(on)))
 
     def set_vf_link_state(self, pf: str, vf: int, state: VfLinkState) -> None:
         """Set the administrative link state."""
-        value = {"vf": vf, "link_state": state.kernel_value}
-        self._set_vf(pf, vf, "link_state", "IFLA_VF_LINK_STATE", value)
+        setting = _vf_setting(_IFLA_VF_LINK_STATE, vf, state.kernel_value)
+        self._set_vf(pf, vf, "link_state", setting)
 
     def set_vf_query_rss(self, pf: str, vf: int, on: bool) -> None:
         """Allow or forbid RSS queries."""
-        value = {"vf": vf, "rss_query_en": int(on)}
-        self._set_vf(pf, vf, "query_rss", "IFLA_VF_RSS_QUERY_EN", value)
+        self._set_vf(pf, vf, "query_rss", _vf_setting(_IFLA_VF_RSS_QUERY_EN, vf, int(on)))
 
     # -- links ----------------------------------------------------------------------
 
     def get_link(self, name: str, netns: NetnsRef | None = None) -> LinkInfo:
         """One ``RTM_GETLINK`` by name."""
-        message_class = _codec()
-        msg = message_class()
-        msg["attrs"] = [("IFLA_IFNAME", name), ("IFLA_EXT_MASK", _RTEXT_FILTER_SKIP_STATS)]
+        msg = _link_request(
+            _nla_string(_IFLA_IFNAME, name) + _nla_u32(_IFLA_EXT_MASK, _RTEXT_FILTER_SKIP_STATS)
+        )
         replies = self._request("get_link", msg, _RTM_GETLINK, "look up", name, netns)
-        reply = message_class(replies[0])
-        reply.decode()
-        return _link_info(reply)
+        return _link_info(replies[0])
 
     def links(self, netns: NetnsRef | None = None) -> tuple[LinkInfo, ...]:
         """Every interface in *netns* (one dump)."""
-        message_class = _codec()
-        msg = message_class()
-        msg["attrs"] = [("IFLA_EXT_MASK", _RTEXT_FILTER_SKIP_STATS)]
+        msg = _link_request(_nla_u32(_IFLA_EXT_MASK, _RTEXT_FILTER_SKIP_STATS))
         where = "host namespace" if netns is None else _describe_netns(netns)
         replies = self._request(
             "dump_links", msg, _RTM_GETLINK, "list links", where, netns, dump=True
         )
-        found = []
-        for raw in replies:
-            reply = message_class(raw)
-            reply.decode()
-            found.append(_link_info(reply))
-        return tuple(found)
+        return tuple(_link_info(reply) for reply in replies)
 
     def set_link(
         self,
@@ -934,32 +1014,29 @@ class KernelNetlink:
         up: bool | None = None,
     ) -> None:
         """Change MAC, MTU and/or the up flag of *index* in one request."""
-        message_class = _codec()
-        msg = message_class()
-        msg["index"] = index
-        nlas: list[tuple[str, Any]] = []
+        attributes = b""
         what = []
         if mac is not None:
-            nlas.append(("IFLA_ADDRESS", mac))
+            attributes += _nla(_IFLA_ADDRESS, _mac_bytes(mac))
             what.append(f"mac {mac}")
         if mtu is not None:
-            nlas.append(("IFLA_MTU", mtu))
+            attributes += _nla_u32(_IFLA_MTU, mtu)
             what.append(f"mtu {mtu}")
         if up is not None:
-            msg["flags"] = _IFF_UP if up else 0
-            msg["change"] = _IFF_UP
             what.append("up" if up else "down")
-        msg["attrs"] = nlas
+        msg = _link_request(
+            attributes,
+            index=index,
+            flags=_IFF_UP if up else 0,
+            change=_IFF_UP if up is not None else 0,
+        )
         self._request(
             "set_link", msg, _RTM_SETLINK, "set " + ", ".join(what), f"ifindex {index}", netns
         )
 
     def rename_link(self, index: int, name: str, netns: NetnsRef | None = None) -> None:
         """Rename *index* to *name*."""
-        message_class = _codec()
-        msg = message_class()
-        msg["index"] = index
-        msg["attrs"] = [("IFLA_IFNAME", name)]
+        msg = _link_request(_nla_string(_IFLA_IFNAME, name), index=index)
         self._request(
             "rename_link", msg, _RTM_SETLINK, f"rename to {name!r}", f"ifindex {index}", netns
         )
@@ -978,10 +1055,9 @@ class KernelNetlink:
         else:
             fd, owned = _open_netns(target)
         try:
-            message_class = _codec()
-            msg = message_class()
-            msg["index"] = index
-            msg["attrs"] = [("IFLA_NET_NS_FD", fd), ("IFLA_IFNAME", name)]
+            msg = _link_request(
+                _nla_u32(_IFLA_NET_NS_FD, fd) + _nla_string(_IFLA_IFNAME, name), index=index
+            )
             where = "the host namespace" if target is None else _describe_netns(target)
             self._request(
                 "move_link",
@@ -997,10 +1073,8 @@ class KernelNetlink:
 
     def delete_altname(self, index: int, altname: str, netns: NetnsRef | None = None) -> None:
         """``RTM_DELLINKPROP`` with one ``IFLA_ALT_IFNAME``."""
-        message_class = _codec()
-        msg = message_class()
-        msg["index"] = index
-        msg["attrs"] = [("IFLA_PROP_LIST", {"attrs": [("IFLA_ALT_IFNAME", altname)]})]
+        props = _nla(_IFLA_PROP_LIST | _NLA_F_NESTED, _nla_string(_IFLA_ALT_IFNAME, altname))
+        msg = _link_request(props, index=index)
         self._request(
             "del_altname",
             msg,
