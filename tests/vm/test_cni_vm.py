@@ -236,6 +236,38 @@ class TestIgbRoundTrip:
         assert [] == guest.reservations()
 
 
+class TestIgbOrphanReclaim:
+    def test_the_agents_reclaim_restores_a_vf_whose_pod_is_gone(self, guest: Guest) -> None:
+        """ADD, then the pod namespace deleted and no DEL ever: the agent's reclaim (its
+        Reclaimer on the real kernel, grace 0) restores the VF's name, MAC and settings
+        and drops the records; the IPAM reservation waits for the runtime's DEL or GC."""
+        vfs = guest.enable_vfs(2)
+        vf = vfs[1]
+        before = guest.view(vf)
+        guest.configure(deviceID=vf, vlan=9, trust="on")
+        guest.sh("ip netns add pod3")
+        added = guest.cnitool("add", "pod3", ifname="eth0")
+        assert 0 == added["rc"], added["err"]
+        guest.sh("ip netns del pod3")
+        guest.sh(
+            f"for i in $(seq 100); do ls /sys/bus/pci/devices/{vf}/net/* >/dev/null 2>&1 "
+            "&& break; sleep 0.05; done"
+        )
+        assert len(guest.records()) == 1
+        reclaimed = guest.vm.python(
+            f"""
+from sriovlib.agent.reclaim import Reclaimer
+from sriovlib.attachments import AttachmentService
+from sriovlib.host import Host
+result = Reclaimer(AttachmentService(Host("/"), "{WORK}/state"), grace=0).step()
+"""
+        )
+        assert [vf] == reclaimed
+        assert_same(before, guest.view(vf))
+        assert [] == guest.records()
+        assert len(guest.reservations()) == 1
+
+
 class TestIgbDamagedState:
     def test_del_with_the_record_and_entry_destroyed(self, guest: Guest) -> None:
         """The allocation record garbled and the finished entry gone while a real igb VF
