@@ -15,6 +15,30 @@ Prints medians and minimums in milliseconds and the VERSION/bare ratio (target: 
 3x). ``--baseline PATH`` (another checkout's ``sriov`` console script, e.g. before a
 refactor) interleaves its ADD/DEL pairs with this checkout's on the same node and prints
 the ratios of the medians, wall time and CPU time.
+
+Import time of an in-process ADD (target: at most 40 ms), also as root with cnitool:
+``cnitool add`` runs the plugin with ``PYTHONPROFILEIMPORTTIME=1`` and the plugin's
+import log is read back. Two figures, medians of ``--repeat`` runs:
+
+- *all imports of the ADD process*: the sum of ``-X importtime``'s self times of every
+  module imported after interpreter start-up (what ``python -c pass`` imports is left
+  out; ``-X importtime`` does not log what ``importlib.import_module`` loads, here the
+  built-in vendor plugins), so it includes the tests' entry point and its veth backend
+  (``sriovlib.testing``), which the shipped binary does not load;
+- *the shipped ADD path*: what the shipped binary would import for that ADD, imported
+  in the same order by a fresh interpreter: the ``sriovlib`` modules (not
+  ``sriovlib.testing``) the ADD loaded, the modules shipped code imported inside a
+  function, and the built-in vendor plugins (loaded with ``importlib.import_module``,
+  which ``-X importtime`` does not log) — as the same sum, and as wall time over a bare
+  start (interleaved with ``python -c pass``, without ``-X importtime``'s own overhead).
+
+It also names which of the modules the CNI path must not load (pyroute2,
+``importlib.metadata``, sqlite3, asyncio, ssl, ``unittest.mock``) the ADD process
+loaded. When the environment forbids writing bytecode (``PYTHONDONTWRITEBYTECODE``),
+the timed processes keep their compiled files in a private cache directory
+(``PYTHONPYCACHEPREFIX``), so that no timed start compiles a module. To measure another
+checkout with these figures, put its ``src`` first: ``PYTHONPATH=<checkout>/src python
+benchmarks/cni.py``.
 """
 
 from __future__ import annotations
@@ -29,14 +53,58 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 SCRIPT = Path(sys.executable).parent / "sriov"
+#: What the CNI path must not import (docs/cni.md#performance).
+HEAVY = ("pyroute2", "importlib.metadata", "sqlite3", "asyncio", "ssl", "unittest.mock")
+_PYCACHE = tempfile.TemporaryDirectory(prefix="cni-bench-pycache-")
+
+
+def child_environ(base: dict[str, str] | None = None) -> dict[str, str]:
+    """*base* (default this process's environment) for a timed process: compiled files
+    are written (to a private cache if the environment said not to write them)."""
+    env = dict(os.environ if base is None else base)
+    if env.pop("PYTHONDONTWRITEBYTECODE", None) is not None:
+        env.setdefault("PYTHONPYCACHEPREFIX", _PYCACHE.name)
+    return env
 
 
 def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
+    env = child_environ(env)
     start = time.perf_counter()
     subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True)
     return time.perf_counter() - start
+
+
+def import_log(text: str) -> list[tuple[str, int, int]]:
+    """``-X importtime`` lines as (module, self µs, depth), in the order printed."""
+    rows = []
+    for line in text.splitlines():
+        parts = line.split("|")
+        if not line.startswith("import time:") or len(parts) != 3 or "self [us]" in line:
+            continue
+        name = parts[2].rstrip()
+        depth = (len(name) - len(name.lstrip(" ")) - 1) // 2
+        rows.append((name.strip(), int(parts[0].split(":")[1]), depth))
+    return rows
+
+
+def startup_modules() -> set[str]:
+    """What a bare interpreter imports before running anything."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "pass"],
+        env=child_environ(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {name for name, _, _ in import_log(done.stderr)}
+
+
+def imported_after_startup(rows: list[tuple[str, int, int]], startup: set[str]) -> float:
+    """Milliseconds: the self times of every module in *rows* not in *startup*."""
+    return sum(own for name, own, _ in rows if name not in startup) / 1000
 
 
 def row(label: str, samples: list[float], base: float | None = None) -> str:
@@ -175,6 +243,152 @@ def add_del_figures(repeat: int, baseline: Path | None) -> None:
     )
 
 
+def import_figures(repeat: int) -> float | None:
+    """The import time of an in-process ADD (module docstring); the shipped path's
+    median wall time over a bare start in ms, or None if it could not be measured."""
+    from sriovlib.testing.cni import (
+        ToolUnavailable,
+        VethNode,
+        cni_binary_dir,
+        cni_plugins_dir,
+        cnitool_path,
+    )
+
+    if os.geteuid() != 0:
+        print("ADD imports: skipped (needs root)")
+        return None
+    try:
+        tool, plugins = cnitool_path(), cni_plugins_dir()
+    except ToolUnavailable as e:
+        print(f"ADD imports: skipped ({e})")
+        return None
+    startup = startup_modules()
+    logs: list[list[tuple[str, int, int]]] = []
+    with tempfile.TemporaryDirectory(prefix="cni-bench-imports-") as work_dir:
+        work = Path(work_dir)
+        directory = cni_binary_dir(work / "bin", plugins)
+        with VethNode(work / "root", num_vfs=1) as node:
+            (work / "net.d").mkdir()
+            plugin = {
+                "type": "sriov",
+                "deviceID": str(node.vfs[0]),
+                "vlan": 100,
+                "mac": "02:00:00:00:05:02",
+                "ipam": {
+                    "type": "host-local",
+                    "subnet": "10.79.1.0/24",
+                    "dataDir": str(work / "ipam"),
+                },
+            }
+            conflist = {"cniVersion": "1.0.0", "name": "imports", "plugins": [plugin]}
+            (work / "net.d/10-imports.conflist").write_text(json.dumps(conflist))
+            env = child_environ(
+                {
+                    **os.environ,
+                    "NETCONFPATH": str(work / "net.d"),
+                    "CNI_PATH": str(directory),
+                    "SRIOVLIB_STATE_DIR": str(work / "state"),
+                    **node.environ(),
+                }
+            )
+            pod = node.add_pod()
+            for i in range(repeat + 1):
+                added = subprocess.run(
+                    [str(tool), "add", "imports", pod],
+                    env={**env, "PYTHONPROFILEIMPORTTIME": "1"},
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                subprocess.run(
+                    [str(tool), "del", "imports", pod], env=env, capture_output=True, check=True
+                )
+                if i:  # the first round compiles and warms caches
+                    logs.append(import_log(added.stderr))
+    everything = statistics.median(imported_after_startup(rows, startup) for rows in logs)
+    loaded = {name for name, _, _ in logs[-1]}
+    heavy = [h for h in HEAVY if any(n == h or n.startswith(f"{h}.") for n in loaded)]
+    shipped = _shipped_modules(logs[-1], startup)
+    replay = "\n".join(f"import {name}" for name in shipped)
+    replay_argv = [sys.executable, "-c", replay]
+    bare_argv = [sys.executable, "-c", "pass"]
+    timed(replay_argv)
+    sums, deltas = [], []
+    for _ in range(repeat):
+        done = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", replay],
+            env=child_environ(),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        sums.append(imported_after_startup(import_log(done.stderr), startup))
+        deltas.append((timed(replay_argv) - timed(bare_argv)) * 1000)
+    replayed = import_log(done.stderr)
+    heaviest = sorted(
+        ((own, name) for name, own, _ in replayed if name not in startup), reverse=True
+    )[:8]
+    wall = statistics.median(deltas)
+    print()
+    print(f"imports of an in-process ADD (medians of {repeat}):")
+    print(f"  all imports of the ADD process (tests' entry point) {everything:8.1f} ms")
+    print(
+        f"  the shipped ADD path: {sum(n.startswith('sriovlib') for n in shipped)} sriovlib "
+        f"modules and {sum(not n.startswith('sriovlib') for n in shipped)} imported in "
+        "functions, "
+        f"{len({n for n, _, _ in replayed} - startup)} modules in all"
+    )
+    print(f"    sum of -X importtime self times                  {statistics.median(sums):8.1f} ms")
+    print(f"    wall time over a bare start                      {wall:8.1f} ms")
+    print(
+        "    heaviest (self time, one run): "
+        + ", ".join(f"{name} {own / 1000:.1f}" for own, name in heaviest)
+    )
+    print(f"  heavy modules the ADD process loaded: {', '.join(heavy) or 'none'}")
+    return wall
+
+
+def _shipped_modules(rows: list[tuple[str, int, int]], startup: set[str]) -> list[str]:
+    """What to replay for the shipped ADD path, from the ADD process's import log, in the
+    order the imports started: its ``sriovlib`` modules (not ``sriovlib.testing``), the
+    modules imported inside functions (logged at depth 0; the tests' entry point's own
+    are nested under ``sriovlib.testing.cni``), and the built-in vendor plugins, which
+    :class:`~sriovlib.plugins.manager.Plugins` imports with ``importlib.import_module``
+    (not logged by ``-X importtime``)."""
+    wanted = {
+        name
+        for name, _, depth in rows
+        if not name.startswith("sriovlib.testing")
+        and name not in startup
+        and (name == "sriovlib" or name.startswith("sriovlib.") or depth == 0)
+    }
+    order = _start_order(rows, wanted)
+    if "sriovlib.plugins.manager" in order:
+        from sriovlib.plugins.manager import BUILTINS
+
+        order += [f"sriovlib.vendors.{name}" for name in BUILTINS]
+    return order
+
+
+def _start_order(rows: list[tuple[str, int, int]], wanted: set[str]) -> list[str]:
+    """*wanted* modules of an importtime log in the order their imports started."""
+    Node = tuple[str, list[Any]]
+    # the log is a post-order walk of the import tree: rebuild the tree, walk it pre-order
+    pending: dict[int, list[Node]] = {}
+    for name, _, depth in rows:
+        pending.setdefault(depth, []).append((name, pending.pop(depth + 1, [])))
+    order: list[str] = []
+
+    def walk(nodes: list[Node]) -> None:
+        for name, children in nodes:
+            if name in wanted and name not in order:
+                order.append(name)
+            walk(children)
+
+    walk(pending.get(0, []))
+    return order
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=20)
@@ -186,9 +400,13 @@ def main() -> None:
     args = parser.parse_args()
     worst = version_figures(args.repeat)
     add_del_figures(max(3, args.repeat // 2), args.baseline)
+    imports = import_figures(max(3, args.repeat // 2))
     print()
     verdict = "within" if worst <= 3.0 else "ABOVE"
     print(f"VERSION: {worst:.2f}x a bare interpreter start ({verdict} the 3x target)")
+    if imports is not None:
+        verdict = "within" if imports <= 40.0 else "ABOVE"
+        print(f"ADD imports (shipped path, wall): {imports:.1f} ms ({verdict} the 40 ms target)")
 
 
 if __name__ == "__main__":

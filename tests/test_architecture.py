@@ -54,6 +54,18 @@ def test_adapters_do_not_touch_the_kernel(package: str) -> None:
     assert {} == {path: names for path, names in offenders.items() if names}
 
 
+def test_only_the_netlink_module_imports_pyroute2() -> None:
+    """pyroute2 is imported in sriovlib.netlink alone (where only devlink's eswitch
+    mode still uses it): nothing else may bring its package ``__init__`` back."""
+    offenders = sorted(
+        str(path.relative_to(SRC))
+        for path in SRC.rglob("*.py")
+        if path != SRC / "netlink.py"
+        and any(name == "pyroute2" or name.startswith("pyroute2.") for name in imports(path))
+    )
+    assert [] == offenders
+
+
 def test_host_parts_do_not_import_the_facade() -> None:
     """The Host's parts share the node context; none imports the facade (no circle)."""
     offenders = [

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import inspect
 import re
+import subprocess
+import sys
+import zipfile
 from importlib import metadata
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,8 +27,9 @@ from sriovlib.plugins import (
     VfLimit,
     hookimpl,
     hookspecs,
+    manager,
 )
-from sriovlib.plugins.manager import BUILTINS, PfHooks, Plugins
+from sriovlib.plugins.manager import BUILTINS, PfHooks, Plugins, may_declare_entry_points
 from sriovlib.testing import FakeSysfs, add_nic_model
 
 HOOKS = sorted(n for n in dir(hookspecs) if n.startswith("sriovlib_"))
@@ -129,6 +133,7 @@ class TestEntryPointLoading:
             ]
 
         monkeypatch.setattr(metadata, "entry_points", fake_entry_points)
+        monkeypatch.setattr(manager, "may_declare_entry_points", lambda group: True)
         plugins = Plugins()
         assert ["broken"] == [e.name for e in plugins.errors]
         assert "ImportError: No module named 'missing_dep'" == plugins.errors[0].error
@@ -153,10 +158,104 @@ class TestEntryPointLoading:
             "entry_points",
             lambda group: [SimpleNamespace(name="typo", dist=dist, load=Typo)],
         )
+        monkeypatch.setattr(manager, "may_declare_entry_points", lambda group: True)
         plugins = Plugins()
         assert ["typo"] == [e.name for e in plugins.errors]
         assert "sriovlib_vf_limt" in plugins.errors[0].error
         assert "typo" not in [i.name for i in plugins.info()]
+
+
+def fake_distribution(site: Path, name: str, entry_points: str, module: str = "") -> Path:
+    """An installed distribution in *site*: its dist-info (METADATA, entry_points.txt)
+    and, if given, the source of its module ``<name>_plugin``."""
+    info = site / f"{name}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(entry_points)
+    if module:
+        (site / f"{name}_plugin.py").write_text(module)
+    return info
+
+
+class TestEntryPointDiscovery:
+    """importlib.metadata is asked only when a distribution may declare the group."""
+
+    def test_a_declared_group_is_seen(self, tmp_path: Path) -> None:
+        """A dist-info whose entry_points.txt has a [sriovlib] section counts."""
+        fake_distribution(tmp_path, "other", "[console_scripts]\nx = y:z\n")
+        assert not may_declare_entry_points("sriovlib", [str(tmp_path)])
+        fake_distribution(
+            tmp_path, "acme", "[console_scripts]\na = b:c\n\n [sriovlib] \nacme = m\n"
+        )
+        assert may_declare_entry_points("sriovlib", [str(tmp_path)])
+        assert not may_declare_entry_points("sriovlib-other", [str(tmp_path)])
+
+    def test_egg_info_counts_and_missing_directories_do_not(self, tmp_path: Path) -> None:
+        """egg-info directories are read too; a missing path entry holds nothing."""
+        egg_info = tmp_path / "Legacy.EGG-INFO"
+        egg_info.mkdir()
+        (egg_info / "entry_points.txt").write_text("[sriovlib]\nlegacy = legacy\n")
+        (tmp_path / "plain.egg-info").write_text("Name: plain\n")  # a file: no entry points
+        assert may_declare_entry_points("sriovlib", [str(tmp_path / "missing"), str(tmp_path)])
+        assert not may_declare_entry_points("sriovlib", [str(tmp_path / "missing")])
+
+    def test_what_it_cannot_read_is_left_to_importlib_metadata(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A zip file, an egg, a non-string entry, a non-UTF-8 entry_points.txt or a
+        finder that lists distributions: importlib.metadata is asked."""
+        archive = tmp_path / "plugins.zip"
+        with zipfile.ZipFile(archive, "w") as z:
+            z.writestr("empty.txt", "")
+        assert may_declare_entry_points("sriovlib", [str(archive)])
+        assert may_declare_entry_points("sriovlib", [str(tmp_path / "acme-1.0-py3.11.egg")])
+        assert may_declare_entry_points("sriovlib", [tmp_path])
+        info = fake_distribution(tmp_path / "latin", "latin", "")
+        (info / "entry_points.txt").write_bytes(b"[sriovlib]\nna\xefve = x\n")
+        assert may_declare_entry_points("sriovlib", [str(tmp_path / "latin")])
+        assert not may_declare_entry_points("sriovlib", [])
+
+        class Lister:
+            def find_distributions(self, context: object = None) -> list[object]:
+                return []
+
+        monkeypatch.setattr(sys, "meta_path", [Lister(), *sys.meta_path])
+        assert may_declare_entry_points("sriovlib", [])
+
+    def test_a_plugin_on_the_path_is_loaded(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A real distribution on sys.path declaring a plugin: it is found, loaded and
+        listed with its distribution's version."""
+        module = (
+            "from sriovlib.plugins import VfLimit, hookimpl\n"
+            "@hookimpl\n"
+            "def sriovlib_vf_limit():\n"
+            "    return VfLimit(2, 'path plugin')\n"
+        )
+        fake_distribution(tmp_path, "pathy", "[sriovlib]\npathy = pathy_plugin\n", module)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        plugins = Plugins()
+        assert () == plugins.errors
+        (pathy,) = [i for i in plugins.info() if i.name == "pathy"]
+        assert ("1.0", "pathy", False) == (pathy.version, pathy.distribution, pathy.builtin)
+
+    def test_builtins_alone_do_not_import_importlib_metadata(self, tmp_path: Path) -> None:
+        """In a fresh interpreter where no distribution declares the group, loading the
+        plugins imports no importlib.metadata; with one declared, it does and loads it."""
+        code = (
+            "import sys\n"
+            "from sriovlib.plugins.manager import Plugins\n"
+            "names = [name for name, _ in Plugins().pm.list_name_plugin()]\n"
+            "print('importlib.metadata' in sys.modules, names[-1])\n"
+        )
+        fake_distribution(tmp_path, "other", "[console_scripts]\nx = y:z\n")
+        run = [sys.executable, "-c", code]
+        alone = subprocess.run(run, capture_output=True, text=True, check=True, cwd=tmp_path)
+        assert "False igb" == alone.stdout.strip()
+        fake_distribution(tmp_path, "late", "[sriovlib]\nlate = late_plugin\n", "X = 1\n")
+        found = subprocess.run(run, capture_output=True, text=True, check=True, cwd=tmp_path)
+        assert "True late" == found.stdout.strip()
 
 
 class TestHooks:

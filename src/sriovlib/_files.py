@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -41,7 +40,9 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace *path* with *data* so that a crash at any instant leaves the old or the
     new content, never a mix: write a temporary file, fsync it, rename it over *path*,
     fsync the directory. The temporary file is removed if anything fails."""
-    temp = path.parent / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    # os.urandom, not the secrets module: it is what secrets.token_hex calls, without the
+    # imports (random, base64, hmac) a CNI invocation would pay for
+    temp = path.parent / f"{TEMP_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         try:

@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import stat
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -737,6 +736,8 @@ class AllocationStore:
         path = self.directory / name
         try:
             if stat.S_ISDIR(os.lstat(path).st_mode):
+                import shutil  # here only: shutil loads bz2, lzma and zlib, rarely needed
+
                 shutil.rmtree(path)
             else:
                 os.unlink(path)

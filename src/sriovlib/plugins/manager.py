@@ -5,6 +5,17 @@ third-party plugins from the entry-point group ``sriovlib``. Each entry point is
 on its own: one that fails to import or to validate is recorded in
 :attr:`Plugins.errors` by name and the others keep working. Names listed in the
 environment variable ``SRIOVLIB_DISABLED_PLUGINS`` (comma-separated) are not loaded.
+
+Finding entry points with :mod:`importlib.metadata` costs a CNI invocation more than
+the rest of its plugin setup (importing it pulls in ``email``, ``zipfile``, ``csv``...
+and it parses every installed distribution's metadata), and almost always finds
+nothing. So a look at the installed distributions comes first
+(:func:`may_declare_entry_points`): only if one of them declares the ``sriovlib``
+group in its ``entry_points.txt``, or the import path holds something that look does
+not understand (a zip file, an egg, a finder that lists distributions of its own), is
+:mod:`importlib.metadata` imported and asked. Either way the plugins found are the
+same. Built-in plugins never need it; their version (:meth:`Plugins.info`) is read on
+demand.
 """
 
 from __future__ import annotations
@@ -12,8 +23,8 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 from collections.abc import Iterable, Mapping
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -34,7 +45,15 @@ from sriovlib.plugins.types import (
 if TYPE_CHECKING:
     from sriovlib.models import PhysicalFunction, VfConfig, VfKnob, VirtualFunction
 
-__all__ = ["BUILTINS", "DISABLE_ENV", "PfHooks", "PluginInfo", "PluginLoadError", "Plugins"]
+__all__ = [
+    "BUILTINS",
+    "DISABLE_ENV",
+    "PfHooks",
+    "PluginInfo",
+    "PluginLoadError",
+    "Plugins",
+    "may_declare_entry_points",
+]
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +109,13 @@ class Plugins:
         self._builtin: set[str] = set()
         self._versions: dict[str, tuple[str, str | None]] = {}
         errors: list[PluginLoadError] = []
-        version = _own_version()
         for name in BUILTINS:
             if name in self.disabled and name != GENERIC:
                 continue
             module = importlib.import_module(f"sriovlib.vendors.{name}")
             self.pm.register(module, name=name)
             self._builtin.add(name)
-            self._versions[name] = (version, "sriovlib")
-        if entry_points:
+        if entry_points and may_declare_entry_points(NAME):
             errors.extend(self._load_entry_points())
         for name, plugin in extra:
             self.pm.register(plugin, name=name)
@@ -107,6 +124,8 @@ class Plugins:
         self.errors: tuple[PluginLoadError, ...] = tuple(errors)
 
     def _load_entry_points(self) -> list[PluginLoadError]:
+        from importlib import metadata
+
         errors = []
         for ep in metadata.entry_points(group=NAME):
             dist = ep.dist.name if ep.dist is not None else None
@@ -142,7 +161,11 @@ class Plugins:
                 hooks_of.setdefault(impl.plugin_name, []).append(hook_name)
         result = []
         for name, _plugin in self.pm.list_name_plugin():
-            version, dist = self._versions.get(name, ("", None))
+            version, dist = (
+                (_own_version(), "sriovlib")
+                if name in self._builtin
+                else self._versions.get(name, ("", None))
+            )
             result.append(
                 PluginInfo(
                     name=name,
@@ -259,7 +282,60 @@ class PfHooks:
 
 
 def _own_version() -> str:
+    from importlib import metadata
+
     try:
         return metadata.version("sriovlib")
     except metadata.PackageNotFoundError:  # running from a source tree
         return "0+unknown"
+
+
+def may_declare_entry_points(group: str, path: Iterable[object] | None = None) -> bool:
+    """Whether an installed distribution may declare entry points in *group*: what
+    decides if :mod:`importlib.metadata` is asked at all.
+
+    Looks where :mod:`importlib.metadata` looks — each directory of *path* (default
+    :data:`sys.path`; ``""`` is the working directory) for ``*.dist-info`` and
+    ``*.egg-info`` entries — and reads only their ``entry_points.txt``, parsed as
+    :mod:`importlib.metadata` parses it: True as soon as one has a ``[group]`` section.
+    Also True (let :mod:`importlib.metadata`, which knows, decide) for what this look does
+    not read: a path entry that is not a directory name (a zip file, an ``.egg``, not a
+    string), a file that is not UTF-8, and a finder on :data:`sys.meta_path` other than
+    the standard path finder that can list distributions. False only when no
+    distribution can declare the group.
+    """
+    import importlib.machinery
+
+    for finder in sys.meta_path:
+        if finder is not importlib.machinery.PathFinder and hasattr(finder, "find_distributions"):
+            return True
+    for entry in sys.path if path is None else path:
+        if not isinstance(entry, str) or entry.lower().endswith(".egg"):
+            return True
+        try:
+            names = os.listdir(entry or ".")
+        except NotADirectoryError:  # a zip file
+            return True
+        except OSError:  # missing or unreadable: importlib.metadata finds nothing there
+            continue
+        for name in names:
+            if name.lower().endswith((".dist-info", ".egg-info")) and _declares(
+                os.path.join(entry or ".", name, "entry_points.txt"), group
+            ):
+                return True
+    return False
+
+
+def _declares(entry_points_txt: str, group: str) -> bool:
+    try:
+        with open(entry_points_txt, "rb") as f:
+            text = f.read().decode()
+    except UnicodeDecodeError:
+        return True
+    except OSError:  # most distributions have no entry points (or it is an egg-info file)
+        return False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("[") and line.endswith("]") and line.strip("[]") == group:
+            return True
+    return False

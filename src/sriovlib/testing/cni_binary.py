@@ -21,7 +21,6 @@ here and nowhere in the shipped binary:
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import signal
@@ -69,7 +68,8 @@ def _factory(name: str) -> Callable[[str, Mapping[str, str]], NetlinkBackend]:
             f"it must name a factory in a {_ALLOWED_PREFIX}* module as module:function",
         )
     factory: Callable[[str, Mapping[str, str]], NetlinkBackend]
-    factory = getattr(importlib.import_module(module_name), attribute)
+    __import__(module_name)  # not importlib.import_module, which -X importtime does not log
+    factory = getattr(sys.modules[module_name], attribute)
     return factory
 
 
