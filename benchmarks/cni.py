@@ -34,11 +34,14 @@ import log is read back. Two figures, medians of ``--repeat`` runs:
 
 It also names which of the modules the CNI path must not load (pyroute2,
 ``importlib.metadata``, sqlite3, asyncio, ssl, ``unittest.mock``) the ADD process
-loaded. When the environment forbids writing bytecode (``PYTHONDONTWRITEBYTECODE``),
-the timed processes keep their compiled files in a private cache directory
-(``PYTHONPYCACHEPREFIX``), so that no timed start compiles a module. To measure another
-checkout with these figures, put its ``src`` first: ``PYTHONPATH=<checkout>/src python
-benchmarks/cni.py``.
+loaded, and how the shipped path's sum splits between sriovlib's own modules and the
+rest (attrs, pluggy, the standard library). ``--baseline-src DIR`` (another checkout's
+``src``) measures the same figures for the ``sriovlib`` there, put first on
+``PYTHONPATH``, interleaved with this checkout's, and prints the ratio of the shipped
+paths' wall times. When the environment forbids writing bytecode
+(``PYTHONDONTWRITEBYTECODE``), the timed processes keep their compiled files in a
+private cache directory (``PYTHONPYCACHEPREFIX``), so that no timed start compiles a
+module.
 """
 
 from __future__ import annotations
@@ -243,16 +246,12 @@ def add_del_figures(repeat: int, baseline: Path | None) -> None:
     )
 
 
-def import_figures(repeat: int) -> float | None:
-    """The import time of an in-process ADD (module docstring); the shipped path's
-    median wall time over a bare start in ms, or None if it could not be measured."""
-    from sriovlib.testing.cni import (
-        ToolUnavailable,
-        VethNode,
-        cni_binary_dir,
-        cni_plugins_dir,
-        cnitool_path,
-    )
+def import_figures(repeat: int, baseline_src: Path | None = None) -> float | None:
+    """The import time of an in-process ADD (module docstring), of this checkout and, if
+    *baseline_src* is given, of the ``sriovlib`` in that directory, interleaved; this
+    checkout's shipped-path median wall time over a bare start in ms, or None if it
+    could not be measured."""
+    from sriovlib.testing.cni import ToolUnavailable, cni_plugins_dir, cnitool_path
 
     if os.geteuid() != 0:
         print("ADD imports: skipped (needs root)")
@@ -263,7 +262,73 @@ def import_figures(repeat: int) -> float | None:
         print(f"ADD imports: skipped ({e})")
         return None
     startup = startup_modules()
-    logs: list[list[tuple[str, int, int]]] = []
+    # which sriovlib each variant imports: this process's, or the baseline's put first
+    variants: dict[str, dict[str, str]] = {"this checkout": {}}
+    if baseline_src is not None:
+        variants["baseline"] = {"PYTHONPATH": str(baseline_src)}
+    logs = _add_import_logs(tool, plugins, variants, repeat)
+    shipped = {name: _shipped_modules(logs[name][-1], startup) for name in variants}
+    replays = {name: "\n".join(f"import {m}" for m in shipped[name]) for name in variants}
+    sums: dict[str, list[float]] = {name: [] for name in variants}
+    deltas: dict[str, list[float]] = {name: [] for name in variants}
+    replayed: dict[str, list[tuple[str, int, int]]] = {}
+    for name, extra in variants.items():
+        timed([sys.executable, "-c", replays[name]], {**os.environ, **extra})
+    for _ in range(repeat):
+        bare = timed([sys.executable, "-c", "pass"])
+        for name, extra in variants.items():
+            env = child_environ({**os.environ, **extra})
+            deltas[name].append((timed([sys.executable, "-c", replays[name]], env) - bare) * 1000)
+            done = subprocess.run(
+                [sys.executable, "-X", "importtime", "-c", replays[name]],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            replayed[name] = import_log(done.stderr)
+            sums[name].append(imported_after_startup(replayed[name], startup))
+    print()
+    print(f"imports of an in-process ADD (medians of {repeat}; ms):")
+    for name in variants:
+        everything = statistics.median(imported_after_startup(r, startup) for r in logs[name])
+        loaded = {n for n, _, _ in logs[name][-1]}
+        heavy = [h for h in HEAVY if any(n == h or n.startswith(f"{h}.") for n in loaded)]
+        ours = sum(n.startswith("sriovlib") for n in shipped[name])
+        heaviest = sorted(
+            ((own, n) for n, own, _ in replayed[name] if n not in startup), reverse=True
+        )[:6]
+        print(f"  {name}:")
+        print(f"    all imports of the ADD process (tests' entry point) {everything:8.1f}")
+        print(
+            f"    the shipped ADD path ({ours} sriovlib modules, "
+            f"{len(shipped[name]) - ours} imported in functions, "
+            f"{len({n for n, _, _ in replayed[name]} - startup)} modules in all):"
+        )
+        total, wall = statistics.median(sums[name]), statistics.median(deltas[name])
+        own = sum(t for n, t, _ in replayed[name] if n.startswith("sriovlib")) / 1000
+        print(f"      sum of -X importtime self times                 {total:8.1f}")
+        print(f"        of which sriovlib's own modules (one run)     {own:8.1f}")
+        print(f"      wall time over a bare start                     {wall:8.1f}")
+        print(
+            "      heaviest (self time, one run): "
+            + ", ".join(f"{n} {own / 1000:.1f}" for own, n in heaviest)
+        )
+        print(f"    heavy modules the ADD process loaded: {', '.join(heavy) or 'none'}")
+    if baseline_src is not None:
+        ratio = statistics.median(deltas["this checkout"]) / statistics.median(deltas["baseline"])
+        print(f"  this checkout / baseline, shipped ADD path wall time: {ratio:5.2f}x")
+    return statistics.median(deltas["this checkout"])
+
+
+def _add_import_logs(
+    tool: Path, plugins: Path, variants: dict[str, dict[str, str]], repeat: int
+) -> dict[str, list[list[tuple[str, int, int]]]]:
+    """The import logs of *repeat* ADDs through cnitool per variant (extra environment),
+    interleaved, after one round that warms caches; each ADD is followed by its DEL."""
+    from sriovlib.testing.cni import VethNode, cni_binary_dir
+
+    logs: dict[str, list[list[tuple[str, int, int]]]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory(prefix="cni-bench-imports-") as work_dir:
         work = Path(work_dir)
         directory = cni_binary_dir(work / "bin", plugins)
@@ -287,65 +352,31 @@ def import_figures(repeat: int) -> float | None:
                     **os.environ,
                     "NETCONFPATH": str(work / "net.d"),
                     "CNI_PATH": str(directory),
-                    "SRIOVLIB_STATE_DIR": str(work / "state"),
                     **node.environ(),
                 }
             )
             pod = node.add_pod()
             for i in range(repeat + 1):
-                added = subprocess.run(
-                    [str(tool), "add", "imports", pod],
-                    env={**env, "PYTHONPROFILEIMPORTTIME": "1"},
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                )
-                subprocess.run(
-                    [str(tool), "del", "imports", pod], env=env, capture_output=True, check=True
-                )
-                if i:  # the first round compiles and warms caches
-                    logs.append(import_log(added.stderr))
-    everything = statistics.median(imported_after_startup(rows, startup) for rows in logs)
-    loaded = {name for name, _, _ in logs[-1]}
-    heavy = [h for h in HEAVY if any(n == h or n.startswith(f"{h}.") for n in loaded)]
-    shipped = _shipped_modules(logs[-1], startup)
-    replay = "\n".join(f"import {name}" for name in shipped)
-    replay_argv = [sys.executable, "-c", replay]
-    bare_argv = [sys.executable, "-c", "pass"]
-    timed(replay_argv)
-    sums, deltas = [], []
-    for _ in range(repeat):
-        done = subprocess.run(
-            [sys.executable, "-X", "importtime", "-c", replay],
-            env=child_environ(),
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        sums.append(imported_after_startup(import_log(done.stderr), startup))
-        deltas.append((timed(replay_argv) - timed(bare_argv)) * 1000)
-    replayed = import_log(done.stderr)
-    heaviest = sorted(
-        ((own, name) for name, own, _ in replayed if name not in startup), reverse=True
-    )[:8]
-    wall = statistics.median(deltas)
-    print()
-    print(f"imports of an in-process ADD (medians of {repeat}):")
-    print(f"  all imports of the ADD process (tests' entry point) {everything:8.1f} ms")
-    print(
-        f"  the shipped ADD path: {sum(n.startswith('sriovlib') for n in shipped)} sriovlib "
-        f"modules and {sum(not n.startswith('sriovlib') for n in shipped)} imported in "
-        "functions, "
-        f"{len({n for n, _, _ in replayed} - startup)} modules in all"
-    )
-    print(f"    sum of -X importtime self times                  {statistics.median(sums):8.1f} ms")
-    print(f"    wall time over a bare start                      {wall:8.1f} ms")
-    print(
-        "    heaviest (self time, one run): "
-        + ", ".join(f"{name} {own / 1000:.1f}" for own, name in heaviest)
-    )
-    print(f"  heavy modules the ADD process loaded: {', '.join(heavy) or 'none'}")
-    return wall
+                order = list(variants.items())
+                for name, extra in order if i % 2 else reversed(order):
+                    state = {"SRIOVLIB_STATE_DIR": str(work / "state" / name.replace(" ", "-"))}
+                    run_env = {**env, **extra, **state}
+                    added = subprocess.run(
+                        [str(tool), "add", "imports", pod],
+                        env={**run_env, "PYTHONPROFILEIMPORTTIME": "1"},
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    )
+                    subprocess.run(
+                        [str(tool), "del", "imports", pod],
+                        env=run_env,
+                        capture_output=True,
+                        check=True,
+                    )
+                    if i:  # the first round compiles and warms caches
+                        logs[name].append(import_log(added.stderr))
+    return logs
 
 
 def _shipped_modules(rows: list[tuple[str, int, int]], startup: set[str]) -> list[str]:
@@ -397,10 +428,15 @@ def main() -> None:
         type=Path,
         help="another checkout's sriov console script: ADD/DEL pairs interleaved with it",
     )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="another checkout's src directory: its ADD import figures interleaved",
+    )
     args = parser.parse_args()
     worst = version_figures(args.repeat)
     add_del_figures(max(3, args.repeat // 2), args.baseline)
-    imports = import_figures(max(3, args.repeat // 2))
+    imports = import_figures(max(3, args.repeat // 2), args.baseline_src)
     print()
     verdict = "within" if worst <= 3.0 else "ABOVE"
     print(f"VERSION: {worst:.2f}x a bare interpreter start ({verdict} the 3x target)")
