@@ -50,7 +50,8 @@ struct and a few attributes, encoded and decoded here by hand (``struct``), so t
 plugin's ADD and DEL import no pyroute2 at all: in pyroute2 0.9 importing any submodule
 runs the package's ``__init__``, which loads nearly all of it (IPDB, NDB with sqlite3,
 asyncio, ssl, conntrack: ~60 ms natively), and even the link codec alone, without that
-``__init__``, costs more than the CNI plugin's whole import budget. pyroute2 remains
+``__init__``, would bring ``multiprocessing``, ``platform`` and its plugin modules along
+(docs/lifecycle.md, "pyroute2"). pyroute2 remains
 for the one generic-netlink request, devlink's eswitch mode
 (:meth:`KernelNetlink.eswitch_mode`), imported on first use; ``tests/test_netlink.py``
 checks the hand-made messages byte for byte against pyroute2's encoder and the decoders
