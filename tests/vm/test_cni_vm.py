@@ -141,6 +141,18 @@ class Guest:
             f"{env} {shlex.quote(str(self.tool))} {verb} igbnet /run/netns/{pod}", check=False
         )
 
+    def add_then_delete_namespace(self, pod: str, vf: str) -> None:
+        """ADD *vf* as eth0 of a new namespace *pod*, then delete the namespace (no DEL)
+        and wait for the kernel to return the VF's netdev to the host."""
+        self.sh(f"ip netns add {pod}")
+        added = self.cnitool("add", pod, ifname="eth0")
+        assert 0 == added["rc"], added["err"]
+        self.sh(f"ip netns del {pod}")
+        self.sh(
+            f"for i in $(seq 100); do ls /sys/bus/pci/devices/{vf}/net/* >/dev/null 2>&1 "
+            "&& break; sleep 0.05; done"
+        )
+
     def records(self) -> list[str]:
         return self.sh(f"ls {WORK}/state/allocations 2>/dev/null | grep -v '^\\.' || true")[
             "out"
@@ -218,14 +230,7 @@ class TestIgbRoundTrip:
         vf = vfs[0]
         before = guest.view(vf)
         guest.configure(deviceID=vf, vlan=7, trust="on")
-        guest.sh("ip netns add pod2")
-        added = guest.cnitool("add", "pod2", ifname="eth0")
-        assert 0 == added["rc"], added["err"]
-        guest.sh("ip netns del pod2")
-        guest.sh(
-            f"for i in $(seq 100); do ls /sys/bus/pci/devices/{vf}/net/* >/dev/null 2>&1 "
-            "&& break; sleep 0.05; done"
-        )
+        guest.add_then_delete_namespace("pod2", vf)
         returned = guest.netdev(vf)
         deleted = guest.cnitool("del", "pod2", ifname="eth0")
         assert 0 == deleted["rc"], deleted["err"]
@@ -245,14 +250,7 @@ class TestIgbOrphanReclaim:
         vf = vfs[1]
         before = guest.view(vf)
         guest.configure(deviceID=vf, vlan=9, trust="on")
-        guest.sh("ip netns add pod3")
-        added = guest.cnitool("add", "pod3", ifname="eth0")
-        assert 0 == added["rc"], added["err"]
-        guest.sh("ip netns del pod3")
-        guest.sh(
-            f"for i in $(seq 100); do ls /sys/bus/pci/devices/{vf}/net/* >/dev/null 2>&1 "
-            "&& break; sleep 0.05; done"
-        )
+        guest.add_then_delete_namespace("pod3", vf)
         assert len(guest.records()) == 1
         reclaimed = guest.vm.python(
             f"""

@@ -158,7 +158,8 @@ def read_status(address: str, timeout: float = 5.0) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=timeout) as answer:
         text = answer.read(1 << 22).decode()
     pools: dict[str, dict[str, float]] = {}
-    totals: dict[str, float] = {}
+    reconciles = 0.0
+    reclaims = dict.fromkeys(("reclaimed", "dry-run", "failed"), 0.0)
     keys = {
         "sriovlib_pool_devices": "devices",
         "sriovlib_pool_healthy": "healthy",
@@ -171,20 +172,16 @@ def read_status(address: str, timeout: float = 5.0) -> dict[str, Any]:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "sriovlib_reconciles_total":
-                totals["reconciles"] = totals.get("reconciles", 0) + sample.value
-                continue
-            if sample.name == "sriovlib_reclaims_total":
-                outcome = f"reclaims_{sample.labels.get('outcome', '')}".replace("-", "_")
-                totals[outcome] = totals.get(outcome, 0) + sample.value
-                continue
-            key = keys.get(sample.name)
-            resource = sample.labels.get("resource")
-            if key is None or resource is None:
-                continue
-            pool = pools.setdefault(resource, {})
-            pool[key] = pool.get(key, 0) + sample.value
-    reclaims = {
-        outcome: int(totals.get(f"reclaims_{outcome.replace('-', '_')}", 0))
-        for outcome in ("reclaimed", "dry-run", "failed")
+                reconciles += sample.value
+            elif sample.name == "sriovlib_reclaims_total":
+                outcome = sample.labels.get("outcome", "")
+                reclaims[outcome] = reclaims.get(outcome, 0) + sample.value
+            elif sample.name in keys and "resource" in sample.labels:
+                pool = pools.setdefault(sample.labels["resource"], {})
+                key = keys[sample.name]
+                pool[key] = pool.get(key, 0) + sample.value
+    return {
+        "pools": pools,
+        "reconciles": int(reconciles),
+        "reclaims": {outcome: int(n) for outcome, n in reclaims.items()},
     }
-    return {"pools": pools, "reconciles": int(totals.get("reconciles", 0)), "reclaims": reclaims}

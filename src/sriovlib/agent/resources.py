@@ -169,16 +169,6 @@ class Resource:
             self._changed()
             return True
 
-    def replace(self, devices: Iterable[AgentDevice]) -> bool:
-        """Make *devices* the device list; True (and the watchers woken) if it changed."""
-        new = {d.id: d for d in devices}
-        with self._cond:
-            if new == self._devices:
-                return False
-            self._devices = new
-            self._changed()
-            return True
-
     def watch(self, seen: int, timeout: float) -> tuple[int, tuple[AgentDevice, ...]] | None:
         """Wait up to *timeout* seconds for a generation newer than *seen*.
 

@@ -265,11 +265,8 @@ class Agent:
                 )
                 return
             reason = "config changed"
-        if reason is None and event:
-            functions = self.host.function_addresses()
-            if functions != self._functions:
-                self._functions = functions
-                reason = "PCI functions came or went"
+        if reason is None and event and self.host.function_addresses() != self._functions:
+            reason = "PCI functions came or went"
         if reason is not None:
             self.reconcile(reason)
 

@@ -49,7 +49,6 @@ into the next matching request.
 from __future__ import annotations
 
 import collections
-import contextlib
 import errno
 import ipaddress
 import os
@@ -855,10 +854,15 @@ class FakeNetlink:
     def watch(self) -> FakeEvents:
         """Events on every change of a link or a device this fake makes (as the kernel
         sends rtnetlink and uevent messages), and on :meth:`set_carrier`."""
-        events = FakeEvents(self._watchers)
+        events = FakeEvents(self._unwatch)
         with self._lock:
             self._watchers.append(events)
         return events
+
+    def _unwatch(self, events: FakeEvents) -> None:
+        with self._lock:
+            if events in self._watchers:
+                self._watchers.remove(events)
 
     def _notify(self) -> None:
         with self._lock:
@@ -1155,9 +1159,9 @@ def _basename(link: Path) -> str | None:
 class FakeEvents:
     """:class:`~sriovlib.netlink.EventSource` of a :class:`FakeNetlink`."""
 
-    def __init__(self, watchers: list[FakeEvents]) -> None:
+    def __init__(self, on_close: Callable[[FakeEvents], None]) -> None:
         self.missing: list[str] = []
-        self._watchers = watchers
+        self._on_close = on_close
         self._event = threading.Event()
         self._closed = False
 
@@ -1171,8 +1175,7 @@ class FakeEvents:
 
     def close(self) -> None:
         self._closed = True
-        with contextlib.suppress(ValueError):
-            self._watchers.remove(self)
+        self._on_close(self)
         self._event.set()
 
 
