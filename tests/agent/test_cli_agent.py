@@ -131,6 +131,9 @@ def test_the_committed_grpc_modules_are_current(tmp_path: Path) -> None:
         "deviceplugin_pb2.py",
         "deviceplugin_pb2.pyi",
         "deviceplugin_pb2_grpc.py",
+        "podresources_pb2.py",
+        "podresources_pb2.pyi",
+        "podresources_pb2_grpc.py",
     ]
     committed = ROOT / "src/sriovlib/agent/api"
     for path in generated:

@@ -4,4 +4,6 @@ current by the tests).
 
 - ``deviceplugin.proto`` — the device-plugin API ``v1beta1``: the kubelet's
   ``Registration`` service and the plugin's ``DevicePlugin`` service.
+- ``podresources.proto`` — the pod-resources API ``v1``: the kubelet's
+  ``PodResourcesLister`` (which devices each pod's containers were given).
 """
