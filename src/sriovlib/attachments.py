@@ -771,11 +771,22 @@ class AttachmentService:
         DEL (yet). Records without a namespace are never orphans."""
         return self.store.stale()
 
-    def reclaim_orphan(self, record: Allocation) -> bool:
+    def reclaim_orphan(
+        self,
+        record: Allocation,
+        still_orphan: Callable[[Allocation], bool] | None = None,
+        *,
+        why: str = "its network namespace is gone",
+    ) -> bool:
         """Take back the VF of *record*, an orphan, as a DEL would: the VF restored from
         its snapshot (or reset to safe defaults), the records dropped. The IPAM release
         is not done (it needs the network's config, which only the runtime's DEL or GC
-        carries). False when the record changed or its namespace came back meanwhile.
+        carries).
+
+        Whether the record is still an orphan is asked again under the VF's lock, of the
+        record as it is then: by *still_orphan* (the caller's own sign of a gone pod),
+        by default whether its network namespace is gone. False, and nothing done, when
+        the record changed or is no longer an orphan; *why* goes into the log.
 
         Raises:
             ReleaseFailed: the VF could not be restored (the records are kept).
@@ -784,10 +795,13 @@ class AttachmentService:
             current = self.store.find(record.owner)
             if current is None or current.vf != record.vf:
                 return False
-            if current not in self.store.stale():
-                return False
+            if still_orphan is None:
+                if current not in self.store.stale():
+                    return False
+            elif current.owner.netns is None or not still_orphan(current):
+                return False  # a record without a namespace is never reclaimed
             held = self._held_of(current)
-            self._clean_up(held, None, "its network namespace is gone (orphan reclaim)")
+            self._clean_up(held, None, f"{why} (orphan reclaim)")
             return True
 
     def problems(self) -> list[str]:

@@ -92,6 +92,6 @@ def test_the_agent_reclaims_and_counts_it(
         time.sleep(0.05)
     assert node.kernel.vf_state(VF_PF, VF_INDEX).vlan == 0
     reclaimed = agent.metrics.registry.get_sample_value(
-        "sriovlib_reclaims_total", {"outcome": "reclaimed"}
+        "sriovlib_reclaims_total", {"outcome": "reclaimed", "reason": "netns-gone"}
     )
     assert reclaimed == 1

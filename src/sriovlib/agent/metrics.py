@@ -14,7 +14,7 @@ metric                                      what
 ``sriovlib_errors_total{resource,code}``    RPCs answered with an error, by gRPC code
 ``sriovlib_health_changes_total``           devices that changed health
 ``sriovlib_reconciles_total{reason}``       reconciles of the pools
-``sriovlib_reclaims_total{outcome}``        orphan VFs reclaimed, reported (dry run), failed
+``sriovlib_reclaims_total``                 orphan VFs by outcome and by reason
 ==========================================  ==========================================
 
 The pool gauges are read from the live resources at each scrape; the rest are counted
@@ -126,8 +126,9 @@ class Metrics:
         )
         self.reclaims = Counter(
             "sriovlib_reclaims",
-            "Orphan VFs (their pod's namespace gone) by outcome: reclaimed, dry-run, failed",
-            ["outcome"],
+            "Orphan VFs (their pod gone) by outcome (reclaimed, dry-run, failed) and by the "
+            "sign of the gone pod (netns-gone, not-in-pod-resources)",
+            ["outcome", "reason"],
             registry=self.registry,
         )
         self._server: Any = None

@@ -26,6 +26,7 @@ from sriovlib.agent.deviceplugin import DevicePluginService
 from sriovlib.agent.grants import Granter
 from sriovlib.agent.health import RESCAN_INTERVAL, HealthWatch
 from sriovlib.agent.kubelet import PluginServer, Supervisor
+from sriovlib.agent.podresources import PodResourcesClient
 from sriovlib.agent.reclaim import DEFAULT_GRACE, Reclaimer, ReclaimMode
 from sriovlib.agent.resources import Resource, build_resources
 from sriovlib.allocation import Policy
@@ -71,6 +72,8 @@ class AgentOptions:
         metrics_address: Where the Prometheus endpoint listens (``host:port``), or None.
         reclaim: What to do with VFs held for pods whose namespace is gone.
         reclaim_grace: Seconds such a record must stay orphaned first.
+        pod_resources_socket: The kubelet's pod-resources socket, whose absence of a
+            served device from every pod is another sign of an orphan; None: not used.
     """
 
     resource_prefix: str = DEFAULT_PREFIX
@@ -85,6 +88,7 @@ class AgentOptions:
     metrics_address: str | None = None
     reclaim: ReclaimMode = ReclaimMode.ON
     reclaim_grace: float = DEFAULT_GRACE
+    pod_resources_socket: Path | None = None
 
     def follows_pf_carrier(self, resource: Resource) -> bool:
         """Whether *resource*'s devices follow their PF's link state."""
@@ -165,6 +169,12 @@ class Agent:
             mode=options.reclaim,
             grace=options.reclaim_grace,
             metrics=self.metrics,
+            pod_resources=(
+                PodResourcesClient(options.pod_resources_socket)
+                if options.pod_resources_socket is not None
+                else None
+            ),
+            served=lambda: {d.id for r in self.resources for d in r.devices()},
         )
         self._functions: frozenset[str] = frozenset()
         self._lock = threading.RLock()

@@ -81,6 +81,10 @@ def _metrics_address(text: str) -> str | None:
     return text
 
 
+def _socket_or_off(text: str) -> Path | None:
+    return None if text == "off" else Path(text)
+
+
 def run_status(args: argparse.Namespace) -> int:
     """Print what the agent at ``--metrics-address`` serves; exit 1 if none answers."""
     from sriovlib.agent.metrics import read_status
@@ -110,6 +114,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add the ``agent`` subcommand."""
+    from sriovlib.agent.podresources import DEFAULT_SOCKET as DEFAULT_POD_RESOURCES_SOCKET
     from sriovlib.agent.runner import (
         DEFAULT_CDI_DIR,
         DEFAULT_DEVICE_INFO_DIR,
@@ -204,7 +209,8 @@ def register(subparsers: Any) -> None:
         "--reclaim",
         choices=("on", "dry-run", "off"),
         default="on",
-        help="VFs still held for pods whose network namespace is gone: take them back, "
+        help="VFs still held for pods that are gone (their network namespace, or with "
+        "--pod-resources-socket their device in the kubelet): take them back, "
         "only log them, or leave them (default: %(default)s)",
     )
     parser.add_argument(
@@ -213,6 +219,15 @@ def register(subparsers: Any) -> None:
         type=_seconds,
         default=60.0,
         help="how long such a VF must stay orphaned before it is reclaimed (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--pod-resources-socket",
+        metavar="PATH|off",
+        type=_socket_or_off,
+        default=DEFAULT_POD_RESOURCES_SOCKET,
+        help="the kubelet's pod-resources API: a VF of a pool held for no container it "
+        "lists is an orphan too; unused while it does not answer, or off "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--metrics-address",
@@ -290,6 +305,7 @@ def run(args: argparse.Namespace) -> int:
                 metrics_address=args.metrics_address,
                 reclaim=ReclaimMode(args.reclaim),
                 reclaim_grace=args.reclaim_grace,
+                pod_resources_socket=args.pod_resources_socket,
             )
             source = None
             if args.config != "-":  # standard input is read once
