@@ -11,10 +11,15 @@ import json
 import re
 import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sriovlib.agent.podresources import PodResourcesClient
+from sriovlib.allocation import AllocationStore, Owner
+from sriovlib.models import PciAddress
 from sriovlib.testing.kube import KubeCluster
 
 pytestmark = pytest.mark.kube
@@ -169,3 +174,38 @@ def test_a_config_change_reaches_node_allocatable_without_a_restart(
     assert agent.proc.poll() is None
     registered = [e["resource"] for e in agent.events("registered")]
     assert sorted(registered) == sorted([NET, DPDK])  # no pool registered twice
+
+
+def test_orphan_reclaim_asks_the_kubelets_pod_resources_api(
+    cluster: KubeCluster, agent_factory: Any, layout: dict[str, Any], tmp_path: Path
+):
+    """The real kubelet's pod-resources API names the device a running pod got; of two
+    allocation records whose namespaces exist, the one of a device no pod holds is
+    reclaimed, the one of the pod's device is kept."""
+    socket = cluster.kubelet_root / "pod-resources" / "kubelet.sock"
+    agent = agent_factory(CONFIG, "--pod-resources-socket", str(socket), "--reclaim-grace", "0.1")
+    cluster.wait_allocatable(NET, "12")
+    cluster.create(cluster.pod("holder", "sleep 600", limits={NET: 1}))
+    cluster.wait_pod("holder", ("Running",))
+    held = PodResourcesClient(socket).held_devices()
+    assert held is not None, "the kubelet's pod-resources API does not answer"
+    (device,) = held[NET]
+    (allocate,) = [e for e in agent.events("Allocate") if e["resource"] == NET]
+    assert allocate["devices"] == [[device]]
+    free = next(
+        a for a, (_, _, driver) in sorted(layout.items()) if driver == "iavf" and a != device
+    )
+    alive = tmp_path / "netns-of-a-live-pod"
+    alive.touch()  # the namespace sign alone would keep both records
+    store = AllocationStore(agent.tmp / "state" / "allocations")
+    store.allocate_vf(Owner("sandbox-holder", "net1", str(alive)), PciAddress.parse(device))
+    store.allocate_vf(Owner("sandbox-gone", "net1", str(alive)), PciAddress.parse(free))
+    (reclaimed,) = agent.wait_event("orphan reclaimed")
+    assert (reclaimed["vf"], reclaimed["reason"]) == (free, "not-in-pod-resources")
+    time.sleep(5)  # two more wake-ups, every 2 s: the pod's device is judged held again
+    assert [str(r.vf) for r in store.records()] == [device]
+    assert len(agent.events("orphan reclaimed")) == 1
+    assert len(agent.events("pod-resources API answers")) == 1
+    assert not agent.events(
+        "pod-resources API not reachable: orphans judged by their network namespace only"
+    )
