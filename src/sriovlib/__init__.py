@@ -6,8 +6,6 @@
 ['ens1f0', 'ens1f1']
 """
 
-from __future__ import annotations
-
 # --- lazy exports (issue 6, CNI) -------------------------------------------------------
 # The names below are imported on first access, not at ``import sriovlib``: the CNI
 # binary (``sriovlib.cni``) must answer VERSION without paying for attrs and the Host
@@ -61,7 +59,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> "Any":
     module = _EXPORTS.get(name)
     if module is not None:
         import importlib

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sriovlib.allocation import AllocationStore
-from sriovlib.cni.__main__ import run
+from sriovlib.cni.invoke import run
 from sriovlib.cni.protocol import COMMANDS
 from sriovlib.testing import FakeSysfs, add_nic_model
 from sriovlib.testing.cni import FakeIpam, fake_context

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from sriovlib.allocation import AllocationStore
-from sriovlib.cni.__main__ import run
+from sriovlib.cni.invoke import run
 from sriovlib.cni.ipam import IpamRequest
 from sriovlib.cni.protocol import CniError, Result, canonical
 from sriovlib.testing.cni import FakeIpam

@@ -66,7 +66,7 @@ def test_version_loads_only_the_protocol() -> None:
     """VERSION imports the protocol module and nothing else of sriovlib."""
     code = (
         "import io, json, sys\n"
-        "from sriovlib.cni.__main__ import run\n"
+        "from sriovlib.cni.invoke import run\n"
         "run({'CNI_COMMAND': 'VERSION'}, lambda: b'')\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
@@ -74,7 +74,8 @@ def test_version_loads_only_the_protocol() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     ours = [m for m in json.loads(out) if m.startswith("sriovlib")]
-    assert ["sriovlib", "sriovlib.cni", "sriovlib.cni.__main__", "sriovlib.cni.protocol"] == ours
+    assert ["sriovlib", "sriovlib.cni", "sriovlib.cni.fastpath", "sriovlib.cni.invoke"] == ours[:4]
+    assert ["sriovlib.cni.protocol"] == ours[4:]
 
 
 @pytest.mark.kernel

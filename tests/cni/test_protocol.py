@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sriovlib.cni.__main__ import run
+from sriovlib.cni.invoke import run
 from sriovlib.cni.protocol import (
     SUPPORTED_VERSIONS,
     CniError,

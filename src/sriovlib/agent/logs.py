@@ -62,6 +62,7 @@ def setup(fmt: str = "text", level: int = logging.INFO, stream: TextIO | None = 
     """Send the ``sriovlib`` loggers to *stream* (standard error) in format *fmt*."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setLevel(level)  # CNI invocations served by the agent may lower the logger's
     logger = logging.getLogger("sriovlib")
     for old in list(logger.handlers):
         logger.removeHandler(old)

@@ -24,10 +24,11 @@ import math
 import os
 import stat
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import attrs
 
@@ -83,6 +84,9 @@ from sriovlib.exceptions import (
 from sriovlib.host import Host
 from sriovlib.models import ZERO_MAC, InvalidVfConfig
 
+if TYPE_CHECKING:
+    from sriovlib.plugins.manager import Plugins
+
 __all__ = ["ADD_STEPS", "DEFAULT_STATE_DIR", "Context", "IpamStep", "cni_error", "execute"]
 
 log = logging.getLogger("sriovlib.cni")
@@ -119,9 +123,10 @@ class Context:
     _service: AttachmentService | None = attrs.field(default=None, init=False)
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str]) -> Context:
+    def from_environ(cls, environ: Mapping[str, str], *, plugins: Plugins | None = None) -> Context:
         """The context a real invocation uses: ``SRIOVLIB_SYSFS_ROOT`` (default ``/``),
-        ``SRIOVLIB_STATE_DIR``, ``SRIOVLIB_CNI_LOCK_TIMEOUT`` (seconds)."""
+        ``SRIOVLIB_STATE_DIR``, ``SRIOVLIB_CNI_LOCK_TIMEOUT`` (seconds). The node agent
+        passes its loaded vendor *plugins*."""
         root = environ.get("SRIOVLIB_SYSFS_ROOT") or "/"
         text = environ.get("SRIOVLIB_CNI_LOCK_TIMEOUT") or ""
         try:
@@ -135,7 +140,7 @@ class Context:
                 f"got {text!r}; from 0 to {MAX_LOCK_TIMEOUT:g}",
             )
         return cls(
-            host_factory=lambda: Host(root),
+            host_factory=lambda: Host(root, plugins=plugins),
             state_dir=Path(environ.get("SRIOVLIB_STATE_DIR") or DEFAULT_STATE_DIR),
             ipam=ExecIpam(environ),
             lock_timeout=timeout,
@@ -158,6 +163,12 @@ class Context:
         """The Host (made on first use)."""
         return self.service.host
 
+    def close(self) -> None:
+        """Close what the Host opened, if one was made (see :meth:`Host.close`)."""
+        host = self._service.host_if_made if self._service is not None else None
+        if host is not None:
+            host.close()
+
     def _checkpoint(self, step: str) -> None:
         log.debug("step %s done", step)
         if self.checkpoint is not None:
@@ -174,10 +185,16 @@ def execute(
     version: str,
     context: Context | Callable[[Mapping[str, str]], Context] | None = None,
     environ: Mapping[str, str] | None = None,
+    *,
+    stderr: TextIO | None = None,
+    shared: bool = False,
 ) -> str | None:
     """Run one command (not VERSION) against *context* (or the context a function makes
     from *environ*; default :meth:`Context.from_environ`); return what to print on
-    success.
+    success. The command's log goes to ``logFile``, else *stderr* (default
+    ``sys.stderr``); *shared* says the process runs other commands at the same time (the
+    node agent), so the log takes only this thread's records and leaves the process's
+    logger settings alone.
 
     Raises:
         CniError: the failure to report.
@@ -186,7 +203,7 @@ def execute(
     conf = parse_netconf(
         config, env, version, need_device=env.command in ("ADD", "CHECK"), lenient=lenient
     )
-    with _logging(conf, env):
+    with _logging(conf, env, stderr, shared=shared):
         for problem in conf.ignored:
             log.warning("ignored for %s: %s", env.command, problem)
         if isinstance(context, Context):
@@ -223,21 +240,65 @@ def execute(
 class _LogHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A log handler whose failures never change a command's outcome: a log file that
     cannot be written (a full disk, ``/dev/full``) is given up on with one line on
-    stderr, and the command goes on."""
+    *fallback* (the invocation's stderr), and the command goes on."""
+
+    def __init__(self, stream: TextIO, fallback: TextIO) -> None:
+        super().__init__(stream)
+        self.fallback = fallback
 
     def handleError(self, record: logging.LogRecord) -> None:
-        if self.stream is not sys.stderr:
-            _stderr_line(f"sriov: cannot write the log file any more: {sys.exc_info()[1]}")
-            self.stream = sys.stderr
+        if self.stream is not self.fallback:
+            _stderr_line(
+                f"sriov: cannot write the log file any more: {sys.exc_info()[1]}", self.fallback
+            )
+            self.stream = self.fallback
 
     def flush(self) -> None:
         with contextlib.suppress(OSError, ValueError):
             super().flush()
 
 
-def _stderr_line(text: str) -> None:
+class _ThisThread(logging.Filter):
+    """Passes the records of the thread that made it (one invocation among several)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread == self.thread
+
+
+class _SharedLevels:
+    """The ``sriovlib`` logger's level while invocations run side by side: low enough
+    for the most verbose of them, the process's own level again when none is left
+    (each invocation's handler has its own level, and so should the process's)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._levels: list[int] = []
+        self._base = logging.NOTSET
+
+    def enter(self, logger: logging.Logger, level: int) -> None:
+        with self._lock:
+            if not self._levels:
+                self._base = logger.level
+            self._levels.append(level)
+            logger.setLevel(min(logger.getEffectiveLevel(), level))
+
+    def leave(self, logger: logging.Logger, level: int) -> None:
+        with self._lock:
+            self._levels.remove(level)
+            if not self._levels:
+                logger.setLevel(self._base)
+
+
+_shared_levels = _SharedLevels()
+
+
+def _stderr_line(text: str, stream: TextIO | None = None) -> None:
     with contextlib.suppress(OSError, ValueError):
-        print(text, file=sys.stderr, flush=True)
+        print(text, file=stream or sys.stderr, flush=True)
 
 
 def _open_log(path: str) -> Any:
@@ -254,33 +315,45 @@ def _open_log(path: str) -> Any:
 
 
 @contextlib.contextmanager
-def _logging(conf: NetConf, env: Environment) -> Iterator[None]:
+def _logging(
+    conf: NetConf, env: Environment, stderr: TextIO | None, *, shared: bool
+) -> Iterator[None]:
     """Send this invocation's sriovlib log records (the plugin's and the attachment
-    service's) to ``logFile`` (else stderr) at ``logLevel``."""
+    service's) to ``logFile`` (else *stderr*) at ``logLevel``."""
+    fallback = stderr if stderr is not None else sys.stderr
     stream = None
     if conf.log_file is not None:
         try:
             stream = _open_log(conf.log_file)
         except OSError as e:
-            _stderr_line(f"sriov: cannot open logFile {conf.log_file}: {e.strerror or e}")
-    handler = _LogHandler(stream if stream is not None else sys.stderr)
+            _stderr_line(f"sriov: cannot open logFile {conf.log_file}: {e.strerror or e}", fallback)
+    handler = _LogHandler(stream if stream is not None else fallback, fallback)
     who = f"{env.container_id or '-'}/{env.ifname or '-'}"
     handler.setFormatter(
         logging.Formatter(
             f"%(asctime)s %(levelname)s sriov[%(process)d] {env.command} {who}: %(message)s"
         )
     )
+    level = LOG_LEVELS[conf.log_level]
     root = logging.getLogger("sriovlib")
+    if shared:
+        handler.addFilter(_ThisThread())
+        handler.setLevel(level)
+        _shared_levels.enter(root, level)
+    else:
+        previous = root.level, root.propagate
+        root.setLevel(level)
+        root.propagate = False
     root.addHandler(handler)
-    previous = root.level, root.propagate
-    root.setLevel(LOG_LEVELS[conf.log_level])
-    root.propagate = False
     try:
         yield
     finally:
         root.removeHandler(handler)
-        root.setLevel(previous[0])
-        root.propagate = previous[1]
+        if shared:
+            _shared_levels.leave(root, level)
+        else:
+            root.setLevel(previous[0])
+            root.propagate = previous[1]
         handler.flush()
         if stream is not None:
             with contextlib.suppress(OSError):

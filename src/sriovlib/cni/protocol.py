@@ -23,6 +23,8 @@ import math
 import os
 import re
 
+from sriovlib.cni.fastpath import MAX_STDIN  # the bound the binary reads stdin with
+
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: VERSION must not import typing
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -86,8 +88,6 @@ OWN_CODES = {
 
 _ID = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
 _CIDR = re.compile(r"[0-9A-Fa-f.:]+/[0-9]{1,3}")
-#: The most stdin a command reads (a network configuration is a few KiB).
-MAX_STDIN = 16 << 20
 
 # Which environment variables each command needs (spec 1.1.0, "Parameters").
 _REQUIRED = {

@@ -129,6 +129,12 @@ class Host:
     def __repr__(self) -> str:
         return f"Host(sysfs_root={str(self.sysfs.root)!r})"
 
+    def close(self) -> None:
+        """Close the kernel netlink backend if this Host created it (a given backend is
+        its giver's to close). A process that ends needs no call; a daemon that makes a
+        Host per request (the agent's CNI fast path) does."""
+        self.node.close()
+
     # -- the node: sysfs, netlink, plugins (node.py) -------------------------------------
 
     @property

@@ -70,6 +70,7 @@ class NodeContext:
         self.sysfs = Sysfs(sysfs_root, writer=sysfs_writer)
         self._plugins = plugins
         self._netlink = netlink
+        self._owns_netlink = netlink is None
         self.in_use = in_use if in_use is not None else _moved_away
         self.wait_timeout = wait_timeout
         self.verify_timeout = verify_timeout
@@ -83,6 +84,13 @@ class NodeContext:
 
             self._netlink = KernelNetlink()
         return self._netlink
+
+    def close(self) -> None:
+        """Close the netlink backend if this node created it (a given one is the
+        giver's)."""
+        if self._owns_netlink and self._netlink is not None:
+            self._netlink.close()
+            self._netlink = None
 
     @property
     def netlink_if_created(self) -> NetlinkBackend | None:
