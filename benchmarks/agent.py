@@ -88,7 +88,7 @@ def run(tmp: Path, pfs: int, vfs: int, calls: int) -> dict[str, object]:
             [sys.executable, "-m", "sriovlib.agent", "--sysfs-root", str(root),
              "--config", str(config), "--device-plugin-dir", str(dp),
              "--state-dir", str(tmp / "state"), "--device-info-dir", str(tmp / "devinfo"),
-             "--log-level", "warning"],
+             "--cni-socket", "off", "--log-level", "warning"],
         )  # fmt: skip
         try:
             plugin = kubelet.wait_plugin("intel.com/bench", timeout=120)

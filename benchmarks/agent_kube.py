@@ -84,6 +84,8 @@ def measure(cluster: KubeCluster, tmp: Path, host: list[str], devices: int, roun
                     str(tmp / "state"),
                     "--device-info-dir",
                     str(tmp / "devinfo"),
+                    "--cni-socket",
+                    "off",
                     "--log-format",
                     "json",
                 ],

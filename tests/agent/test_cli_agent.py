@@ -31,6 +31,7 @@ def _args(tmp_path: Path, config: Path, *extra: str) -> list[str]:
         "--device-plugin-dir", str(tmp_path / "dp"),
         "--state-dir", str(tmp_path / "state"),
         "--device-info-dir", str(tmp_path / "devinfo"),
+        "--cni-socket", "off",
         *extra,
     ]  # fmt: skip
 

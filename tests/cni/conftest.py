@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 
-from sriovlib.cni.__main__ import run
+from sriovlib.agent.cniserver import CniServer
+from sriovlib.cni import fastpath
 from sriovlib.cni.commands import Context
+from sriovlib.cni.fastpath import SOCKET_ENV
+from sriovlib.cni.invoke import run
 from sriovlib.models import PciAddress
 from sriovlib.netlink import Route
 from sriovlib.testing import FakeSysfs, add_nic_model
@@ -36,6 +40,8 @@ class Node:
     pod: str
     tmp: Path
     original: dict[str, Any] = attrs.field(factory=dict)
+    #: The agent's fast-path server the invocations go through, or None (in-process).
+    agent: CniServer | None = None
 
     def addresses(self, ifname: str = "net1") -> tuple[str, ...]:
         """The addresses on *ifname* in the pod, as the fake kernel has them."""
@@ -79,16 +85,26 @@ class Node:
     def invoke(
         self, command: str, conf: Mapping[str, Any] | bytes, **env: str | None
     ) -> tuple[int, Any]:
+        """One invocation, in-process or through the agent's fast path (the mode)."""
         data = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
-        status, out = run(self.env(command, **env), lambda: data, self.ctx)
+        if self.agent is None:
+            status, out = run(self.env(command, **env), lambda: data, self.ctx)
+        else:
+            environ = {**self.env(command, **env), SOCKET_ENV: str(self.agent.path)}
+            reply = fastpath.forward(environ, data)
+            assert reply is not None, "the agent did not take the invocation"
+            status, out, err = reply
+            sys.stderr.write(err)
         return status, (json.loads(out) if out else None)
 
     def state(self, index: int) -> Any:
         return self.kernel.vf_state(self.pf.address, index)
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Node:
+@pytest.fixture(params=["in-process", "fast-path"])
+def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Node]:
+    """The fake node; each test runs twice: the invocation in-process, and handed to
+    the agent's fast-path server (the shipped client and server, over a real socket)."""
     fs = FakeSysfs(tmp_path / "root")
     (pf,) = add_nic_model(fs, "mlx5", bus=3, num_vfs=4, ports=1, vfio_vfs=(3,))
     kernel = FakeNetlink(fs)
@@ -96,7 +112,16 @@ def node(tmp_path: Path) -> Node:
     ctx = fake_context(kernel, tmp_path / "state", ipam=ipam, lock_timeout=0.3)
     pod = kernel.add_netns("pod1")
     original = {name: kernel.link(name) for name in kernel.link_names()}
-    return Node(kernel, pf, ctx, ipam, pod, tmp_path, original)
+    node = Node(kernel, pf, ctx, ipam, pod, tmp_path, original)
+    if request.param == "in-process":
+        yield node
+        return
+    node.agent = CniServer(tmp_path / "agent" / "agent.sock", lambda _environ: ctx)
+    node.agent.start()
+    try:
+        yield node
+    finally:
+        node.agent.stop()
 
 
 @pytest.fixture(scope="session")

@@ -52,6 +52,7 @@ class AgentProcess:
             "--device-plugin-dir", str(cluster.device_plugin_dir),
             "--state-dir", str(tmp / "state"),
             "--device-info-dir", str(tmp / "devinfo"),
+            "--cni-socket", str(tmp / "agent.sock"),
             "--log-format", "json",
             *extra,
         ]  # fmt: skip

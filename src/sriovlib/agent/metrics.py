@@ -12,6 +12,8 @@ metric                                      what
 ``sriovlib_allocate_seconds``               Allocate latency (histogram)
 ``sriovlib_preferred_allocation_seconds``   GetPreferredAllocation latency (histogram)
 ``sriovlib_errors_total{resource,code}``    RPCs answered with an error, by gRPC code
+``sriovlib_cni_seconds{command}``           fast-path CNI invocations (histogram)
+``sriovlib_cni_errors_total{command,code}`` of which answered with an error, by CNI code
 ``sriovlib_health_changes_total``           devices that changed health
 ``sriovlib_reconciles_total{reason}``       reconciles of the pools
 ``sriovlib_reclaims_total``                 orphan VFs by outcome and by reason
@@ -37,6 +39,7 @@ from sriovlib.agent.resources import Resource
 __all__ = ["Metrics", "parse_address", "read_status"]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+_CNI_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -113,6 +116,19 @@ class Metrics:
             "sriovlib_errors",
             "RPCs answered with an error, by gRPC status code",
             ["resource", "code"],
+            registry=self.registry,
+        )
+        self.cni = Histogram(
+            "sriovlib_cni_seconds",
+            "CNI invocations run on the fast path, by command",
+            ["command"],
+            buckets=_CNI_BUCKETS,
+            registry=self.registry,
+        )
+        self.cni_errors = Counter(
+            "sriovlib_cni_errors",
+            "CNI invocations on the fast path answered with an error, by CNI code",
+            ["command", "code"],
             registry=self.registry,
         )
         self.health_changes = Counter(

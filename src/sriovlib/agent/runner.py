@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from sriovlib.agent.cniserver import CniServer
 from sriovlib.agent.deviceplugin import DevicePluginService
 from sriovlib.agent.grants import Granter
 from sriovlib.agent.health import RESCAN_INTERVAL, HealthWatch
@@ -31,6 +32,7 @@ from sriovlib.agent.reclaim import DEFAULT_GRACE, Reclaimer, ReclaimMode
 from sriovlib.agent.resources import Resource, build_resources
 from sriovlib.allocation import Policy
 from sriovlib.attachments import AttachmentService
+from sriovlib.cni.commands import Context
 from sriovlib.exceptions import SriovError
 from sriovlib.host import Host
 from sriovlib.pools import DEFAULT_PREFIX, Pool, PoolConfig, assign, discover_devices
@@ -88,6 +90,7 @@ class AgentOptions:
     metrics_address: str | None = None
     reclaim: ReclaimMode = ReclaimMode.ON
     reclaim_grace: float = DEFAULT_GRACE
+    cni_socket: Path | None = None
     pod_resources_socket: Path | None = None
 
     def follows_pf_carrier(self, resource: Resource) -> bool:
@@ -176,6 +179,7 @@ class Agent:
             ),
             served=lambda: {d.id for r in self.resources for d in r.devices()},
         )
+        self.cni: CniServer | None = None
         self._functions: frozenset[str] = frozenset()
         self._lock = threading.RLock()
 
@@ -223,6 +227,14 @@ class Agent:
             self.metrics_address = self.metrics.serve(self.options.metrics_address)
             host, port = self.metrics_address
             log.info("metrics", extra={"address": f"{host}:{port}"})
+        if self.options.cni_socket is not None:
+            plugins = self.host.plugins
+            self.cni = CniServer(
+                self.options.cni_socket,
+                lambda environ: Context.from_environ(environ, plugins=plugins),
+                metrics=self.metrics,
+            )
+            self.cni.start()
 
     def _serve(self, resource: Resource) -> None:
         service = DevicePluginService(
@@ -326,7 +338,10 @@ class Agent:
         return resource.pool
 
     def stop(self) -> None:
-        """End the streams, stop supervising and serving, remove the sockets."""
+        """Finish the CNI invocations under way, end the streams, stop supervising and
+        serving, remove the sockets."""
+        if self.cni is not None:
+            self.cni.stop()
         self.metrics.stop()
         if self.health is not None:
             self.health.stop()

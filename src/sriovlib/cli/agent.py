@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 from sriovlib.cli._common import add_host_options, open_host, print_json, print_table
 from sriovlib.cli.pools import read_config
+from sriovlib.cni import fastpath
 from sriovlib.pools import DEFAULT_PREFIX, PoolConfig, check_resource_prefix
 
 __all__ = ["DEFAULT_CONFIG", "register", "run"]
@@ -230,6 +232,15 @@ def register(subparsers: Any) -> None:
         "(default: %(default)s)",
     )
     parser.add_argument(
+        "--cni-socket",
+        metavar="PATH|off",
+        type=_socket_or_off,
+        default=os.environ.get(fastpath.SOCKET_ENV) or fastpath.DEFAULT_SOCKET,
+        help="where the CNI fast path listens: the sriov binary hands its invocations to "
+        f"the agent there; or off (default: ${fastpath.SOCKET_ENV}, else "
+        f"{fastpath.DEFAULT_SOCKET})",
+    )
+    parser.add_argument(
         "--metrics-address",
         metavar="HOST:PORT|off",
         type=_metrics_address,
@@ -305,6 +316,7 @@ def run(args: argparse.Namespace) -> int:
                 metrics_address=args.metrics_address,
                 reclaim=ReclaimMode(args.reclaim),
                 reclaim_grace=args.reclaim_grace,
+                cni_socket=args.cni_socket,
                 pod_resources_socket=args.pod_resources_socket,
             )
             source = None

@@ -1,0 +1,111 @@
+"""The CNI fast path as the tests run it: the agent's server, with test backends.
+
+``python -m sriovlib.testing.cni_agent SOCKET`` serves the fast path on *SOCKET* with
+the shipped server (:class:`sriovlib.agent.cniserver.CniServer`), each invocation's
+context made by :func:`sriovlib.testing.cni_binary.context` from the environment the
+binary forwarded: so ``SRIOVLIB_TEST_NETLINK`` picks the backend, and
+``SRIOVLIB_TEST_KILL_AT`` SIGKILLs this process — the agent — at that step, which is how
+the tests kill an agent in the middle of an ADD. It serves until SIGTERM or SIGINT and
+prints ``ready`` on stdout once it listens.
+
+:class:`FastPathAgent` runs it for a test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from sriovlib.agent.cniserver import CniServer
+from sriovlib.cni.fastpath import SOCKET_ENV
+from sriovlib.testing import cni_binary
+
+__all__ = ["FastPathAgent", "main"]
+
+
+class FastPathAgent:
+    """This module's server as a process listening on *path* (start it with
+    :meth:`start`, or use it as a context manager)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def environ(self) -> dict[str, str]:
+        """What points a binary at this agent."""
+        return {SOCKET_ENV: str(self.path)}
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start it and wait until it answers."""
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sriovlib.testing.cni_agent", str(self.path)],
+            stdout=subprocess.PIPE,
+        )
+        self.process = process
+        line = process.stdout.readline() if process.stdout is not None else b""
+        if line.strip() != b"ready":
+            process.kill()
+            raise RuntimeError(f"the test agent did not start (it said {line!r})")
+        deadline = time.monotonic() + timeout
+        while not self.answers():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test agent does not answer")
+            time.sleep(0.01)
+
+    def answers(self) -> bool:
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(str(self.path))
+            except OSError:
+                return False
+        return True
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_dead(self, timeout: float = 10.0) -> int:
+        """The exit status once it has died (of a kill point, say)."""
+        if self.process is None:
+            raise RuntimeError("the test agent was not started")
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        process = self.process
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def __enter__(self) -> FastPathAgent:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT."""
+    (path,) = argv if argv is not None else sys.argv[1:]
+    server = CniServer(path, cni_binary.context)
+    done = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: done.set())
+    server.start()
+    print("ready", flush=True)
+    done.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
