@@ -139,3 +139,72 @@ def test_the_committed_grpc_modules_are_current(tmp_path: Path) -> None:
     committed = ROOT / "src/sriovlib/agent/api"
     for path in generated:
         assert filecmp.cmp(path, committed / path.name, shallow=False), path.name
+
+
+def test_the_agent_serves_the_cni_fast_path(tmp_path: Path) -> None:
+    """``sriovlib agent --cni-socket``: the shipped ``sriov`` hands it a VERSION and an
+    ADD (of a VF this machine does not have: the same error as in-process, code 101),
+    the agent counts both, and SIGTERM removes the socket."""
+    config = _config(
+        tmp_path, {"resourceList": [{"resourceName": "net", "selectors": {"drivers": ["iavf"]}}]}
+    )
+    socket_path = tmp_path / "run" / "agent.sock"
+    netns = tmp_path / "netns"
+    netns.write_text("")
+    args = _args(tmp_path, config, "--log-format", "json", "--metrics-address", "127.0.0.1:0")
+    args[args.index("--cni-socket") + 1] = str(socket_path)
+    with KubeletStandIn(tmp_path / "dp") as kubelet:
+        agent = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+        try:
+            kubelet.wait_plugin("intel.com/net", timeout=30)
+            events: dict[str, dict[str, str]] = {}
+            while "CNI fast path" not in events:
+                line = agent.stderr.readline() if agent.stderr is not None else ""
+                assert line, "the agent ended before serving the fast path"
+                event = json.loads(line)
+                events[event["event"]] = event
+            address = events["metrics"]["address"]
+            assert str(socket_path) == events["CNI fast path"]["socket"]
+            assert socket_path.exists()
+            environ = {"PATH": "/usr/bin:/bin", "SRIOVLIB_AGENT_SOCKET": str(socket_path)}
+            version = _cni({**environ, "CNI_COMMAND": "VERSION"}, b"")
+            assert 0 == version.returncode, version.stderr
+            assert "1.1.0" in json.loads(version.stdout)["supportedVersions"]
+            conf = {"cniVersion": "1.0.0", "name": "n", "type": "sriov", "deviceID": "0000:ee:1f.7"}
+            add = _cni(
+                {**environ, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_IFNAME": "net1",
+                 "CNI_NETNS": str(netns), "CNI_PATH": str(tmp_path),
+                 "SRIOVLIB_STATE_DIR": str(tmp_path / "state")},
+                json.dumps(conf).encode(),
+            )  # fmt: skip
+            assert 1 == add.returncode
+            assert 101 == json.loads(add.stdout)["code"], add.stdout
+            assert b"0000:ee:1f.7" in add.stderr  # the agent's answer, its log line
+            metrics = _metrics(address)
+            assert 'sriovlib_cni_seconds_count{command="VERSION"} 1.0' in metrics
+            assert 'sriovlib_cni_errors_total{code="101",command="ADD"} 1.0' in metrics
+            agent.send_signal(signal.SIGTERM)
+            agent.communicate(timeout=20)
+        finally:
+            agent.kill()
+    assert agent.returncode == 0
+    assert not socket_path.exists()
+
+
+def _cni(environ: dict[str, str], stdin: bytes) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "sriovlib.cni"],
+        input=stdin,
+        env=environ,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _metrics(address: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as answer:
+        text: str = answer.read().decode()
+    return text

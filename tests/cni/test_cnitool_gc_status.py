@@ -27,6 +27,7 @@ network's cache files at the end.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -41,6 +42,7 @@ import pytest
 
 from sriovlib.allocation import AllocationStore
 from sriovlib.testing.cni import VethNode, cni_binary_dir
+from sriovlib.testing.cni_agent import FastPathAgent
 
 pytestmark = [pytest.mark.kernel, pytest.mark.client]
 
@@ -60,6 +62,8 @@ class Client:
     node: VethNode
     tmp: Path
     name: str = attrs.field(factory=lambda: f"gc{uuid.uuid4().hex[:8]}")
+    #: The agent the plugin hands its invocations to, or None (in-process).
+    agent: FastPathAgent | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -105,6 +109,7 @@ class Client:
             "CNI_PATH": str(self.tmp / "bin"),
             "SRIOVLIB_STATE_DIR": str(self.state_dir),
             **self.node.environ(),
+            **(self.agent.environ() if self.agent is not None else {}),
             **extra,
         }
         return subprocess.run(
@@ -154,12 +159,18 @@ class Client:
         return sorted(p.name for p in directory.iterdir() if p.name[0].isdigit())
 
 
-@pytest.fixture
-def client(cni_tools: tuple[Path, Path], tmp_path: Path) -> Iterator[Client]:
+@pytest.fixture(params=["in-process", "fast-path"])
+def client(
+    request: pytest.FixtureRequest, cni_tools: tuple[Path, Path], tmp_path: Path
+) -> Iterator[Client]:
+    """cnitool with the plugin in-process, and handing its invocations to an agent."""
     tool, plugins = cni_tools
     cni_binary_dir(tmp_path / "bin", plugins)
-    with VethNode(tmp_path / "root", num_vfs=3) as node:
+    with contextlib.ExitStack() as stack:
+        node = stack.enter_context(VethNode(tmp_path / "root", num_vfs=3))
         runner = Client(tool, node, tmp_path)
+        if request.param == "fast-path":
+            runner.agent = stack.enter_context(FastPathAgent(tmp_path / "agent" / "a.sock"))
         try:
             yield runner
         finally:

@@ -28,6 +28,7 @@ from sriovlib.testing.cni import (
     VethNode,
     cni_binary_dir,
 )
+from sriovlib.testing.cni_agent import FastPathAgent
 
 pytestmark = [pytest.mark.kernel, pytest.mark.client]
 
@@ -40,6 +41,8 @@ class Cnitool:
     node: VethNode
     tmp: Path
     name: str = "vethnet"
+    #: The agent the plugin hands its invocations to, or None (in-process).
+    agent: FastPathAgent | None = None
 
     @property
     def ipam_dir(self) -> Path:
@@ -74,6 +77,7 @@ class Cnitool:
             "CNI_PATH": str(self.tmp / "bin"),
             "SRIOVLIB_STATE_DIR": str(self.state_dir),
             **self.node.environ(),
+            **(self.agent.environ() if self.agent is not None else {}),
             **extra,
         }
 
@@ -97,14 +101,52 @@ class Cnitool:
         return [str(r.vf) for r in AllocationStore(self.state_dir / "allocations").records()]
 
 
+@pytest.fixture(params=["in-process", "fast-path"])
+def agent(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FastPathAgent | None]:
+    """Each test twice: the plugin in-process, and handing its invocations to an agent
+    (the shipped fast-path server in a process of its own, with the same test backend)."""
+    if request.param == "in-process":
+        yield None
+        return
+    with FastPathAgent(tmp_path / "agent" / "agent.sock") as running:
+        yield running
+
+
 @pytest.fixture
-def cnitool(cni_tools: tuple[Path, Path], tmp_path: Path) -> Iterator[Cnitool]:
+def cnitool(
+    cni_tools: tuple[Path, Path], tmp_path: Path, agent: FastPathAgent | None
+) -> Iterator[Cnitool]:
     tool, plugins = cni_tools
     cni_binary_dir(tmp_path / "bin", plugins)
     with VethNode(tmp_path / "root", num_vfs=4) as node:
-        runner = Cnitool(tool, node, tmp_path)
+        runner = Cnitool(tool, node, tmp_path, agent=agent)
         runner.configure()
         yield runner
+    if agent is not None and (tmp_path / "sriov.log").exists():  # they reached the agent
+        assert set(agent.pids) & pids_of(runner)
+
+
+#: Runs a test with the fast-path ``agent`` only.
+FAST_PATH = pytest.mark.parametrize("agent", ["fast-path"], indirect=True)
+
+
+def assert_killed(runner: Cnitool, done: subprocess.CompletedProcess[str]) -> None:
+    """The plugin (in-process) or the agent (fast path) died at the kill point."""
+    assert 1 == done.returncode
+    if runner.agent is None:
+        assert "signal: killed" in done.stderr
+    else:
+        assert "the node agent stopped during the operation" in done.stderr
+        assert -9 == runner.agent.wait_dead()
+
+
+def pids_of(runner: Cnitool, verb: str = "") -> set[int]:
+    """The processes that logged (*verb*) lines in the plugin's log file."""
+    found = set()
+    for line in (runner.tmp / "sriov.log").read_text().splitlines():
+        if (not verb or f" {verb} " in line) and " sriov[" in line:
+            found.add(int(line.split(" sriov[", 1)[1].split("]", 1)[0]))
+    return found
 
 
 def ns(pod: str, *args: str) -> str:
@@ -192,13 +234,15 @@ class TestRoundTrip:
 
 
 class TestConcurrency:
-    def test_32_parallel_add_del_pairs(self, cni_tools: tuple[Path, Path], tmp_path: Path) -> None:
+    def test_32_parallel_add_del_pairs(
+        self, cni_tools: tuple[Path, Path], tmp_path: Path, agent: FastPathAgent | None
+    ) -> None:
         """32 pods, 16 VFs of one PF: every ADD/DEL pair (retrying on 'busy' as a runtime
         does) succeeds, and afterwards every VF is restored and free."""
         tool, plugins = cni_tools
         cni_binary_dir(tmp_path / "bin", plugins)
         with VethNode(tmp_path / "root", num_vfs=16) as node:
-            runner = Cnitool(tool, node, tmp_path)
+            runner = Cnitool(tool, node, tmp_path, agent=agent)
             host_before, vfs_before = host_view(node), node.vf_states()
             pods = [node.add_pod() for _ in range(32)]
             failures: list[str] = []
@@ -264,9 +308,8 @@ class TestFaultInjection:
         host_before, vfs_before = host_view(node), node.vf_states()
         pod = node.add_pod()
         killed = cnitool("add", pod, SRIOVLIB_TEST_KILL_AT=step)
-        assert 1 == killed.returncode
-        assert "signal: killed" in killed.stderr
-        deleted = cnitool("del", pod)
+        assert_killed(cnitool, killed)
+        deleted = cnitool("del", pod)  # with the agent dead, in-process
         assert 0 == deleted.returncode, deleted.stderr
         assert_restored(cnitool, host_before, vfs_before)
         # and the VF is usable again
@@ -285,10 +328,30 @@ class TestFaultInjection:
         added = cnitool("add", pod)
         assert 0 == added.returncode, added.stderr
         killed = cnitool("del", pod, SRIOVLIB_TEST_KILL_AT=step)
-        assert 1 == killed.returncode
-        assert "signal: killed" in killed.stderr
+        assert_killed(cnitool, killed)
         deleted = cnitool("del", pod)
         assert 0 == deleted.returncode, deleted.stderr
+        assert_restored(cnitool, host_before, vfs_before)
+
+    @FAST_PATH
+    @pytest.mark.parametrize("step", ADD_STEPS)
+    def test_agent_sigkill_during_add_then_del_through_the_restarted_agent(
+        self, cnitool: Cnitool, step: str
+    ) -> None:
+        """The agent SIGKILLed at each step of an ADD it runs; a new agent starts (taking
+        over the socket) and the DEL it runs restores everything."""
+        node = cnitool.node
+        agent = cnitool.agent
+        assert agent is not None
+        cnitool.configure(deviceID=str(node.vfs[1]), vlan=201, mac="02:00:00:00:03:05")
+        host_before, vfs_before = host_view(node), node.vf_states()
+        pod = node.add_pod()
+        assert_killed(cnitool, cnitool("add", pod, SRIOVLIB_TEST_KILL_AT=step))
+        agent.start()
+        deleted = cnitool("del", pod)
+        assert 0 == deleted.returncode, deleted.stderr
+        assert agent.process is not None
+        assert {agent.process.pid} == pids_of(cnitool, "DEL")  # the agent ran it
         assert_restored(cnitool, host_before, vfs_before)
 
 
