@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from sriovlib.testing.cni import ToolUnavailable, cni_plugins_dir, cnitool_path
+from sriovlib.testing.cni_agent import start_in_guest
 from sriovlib.testing.vm import SriovVM
 
 pytestmark = [pytest.mark.vm, pytest.mark.client]
@@ -132,14 +133,30 @@ class Guest:
         text = shlex.quote(json.dumps(conf))
         self.sh(f"echo {text} > {WORK}/net.d/10-igb.conflist")
 
-    def cnitool(self, verb: str, pod: str, ifname: str = "net1") -> dict[str, Any]:
+    def cnitool(
+        self, verb: str, pod: str, ifname: str = "net1", *, agent: bool = False
+    ) -> dict[str, Any]:
+        """cnitool *verb*; with *agent*, the plugin hands it to the agent's socket."""
+        return self.sh(self.cnitool_command(verb, pod, ifname, agent=agent), check=False)
+
+    def cnitool_command(
+        self, verb: str, pod: str, ifname: str = "net1", *, agent: bool = False
+    ) -> str:
+        socket = f"{WORK}/agent.sock" if agent else f"{WORK}/no-agent.sock"
         env = (
             f"NETCONFPATH={WORK}/net.d CNI_PATH={WORK}/bin CNI_IFNAME={ifname} "
-            f"SRIOVLIB_STATE_DIR={WORK}/state"
+            f"SRIOVLIB_STATE_DIR={WORK}/state SRIOVLIB_AGENT_SOCKET={socket}"
         )
-        return self.sh(
-            f"{env} {shlex.quote(str(self.tool))} {verb} igbnet /run/netns/{pod}", check=False
-        )
+        return f"{env} {shlex.quote(str(self.tool))} {verb} igbnet /run/netns/{pod}"
+
+    def plugin_pids(self, verb: str) -> set[int]:
+        """The processes that logged *verb* lines in the plugin's log."""
+        text = self.sh(f"cat {WORK}/sriov.log 2>/dev/null || true")["out"]
+        return {
+            int(line.split(" sriov[", 1)[1].split("]", 1)[0])
+            for line in text.splitlines()
+            if f" {verb} " in line and " sriov[" in line
+        }
 
     def add_then_delete_namespace(self, pod: str, vf: str) -> None:
         """ADD *vf* as eth0 of a new namespace *pod*, then delete the namespace (no DEL)
@@ -264,6 +281,56 @@ result = Reclaimer(AttachmentService(Host("/"), "{WORK}/state"), grace=0).step()
         assert_same(before, guest.view(vf))
         assert [] == guest.records()
         assert len(guest.reservations()) == 1
+
+
+class TestIgbFastPath:
+    def test_the_agent_runs_add_and_del_and_its_sigkill_mid_add_loses_nothing(
+        self, guest: Guest
+    ) -> None:
+        """The shipped ``sriovlib agent`` in the guest serves the fast path: the shipped
+        ``sriov`` hands it an ADD (the VF in the pod with its VLAN and MAC) and a DEL
+        (everything restored). Then the agent is SIGKILLed while it runs an ADD (once
+        the VF's record is on disk): the binary answers code 11, and a DEL — in-process,
+        the agent being dead — restores the VF exactly."""
+        vf = guest.enable_vfs(2)[0]
+        before = guest.view(vf)
+        pid = start_in_guest(
+            guest.vm,
+            WORK,
+            {"resourceList": [{"resourceName": "igb", "selectors": {"drivers": ["igbvf"]}}]},
+        )
+        guest.configure(deviceID=vf, vlan=11, mac="02:00:00:00:0b:01")
+        guest.sh("ip netns add fp1")
+        added = guest.cnitool("add", "fp1", agent=True)
+        assert 0 == added["rc"], added["err"]
+        assert {pid} == guest.plugin_pids("ADD")  # the agent ran it, not the binary
+        link = json.loads(guest.sh("ip -n fp1 -j link show net1")["out"])[0]
+        assert "02:00:00:00:0b:01" == link["address"]
+        entry = guest.ipj("link", "show", "dev", guest.pf)[0]["vfinfo_list"][guest.vf_index(vf)]
+        assert 11 == entry["vlan_list"][0]["vlan"]
+        deleted = guest.cnitool("del", "fp1", agent=True)
+        assert 0 == deleted["rc"], deleted["err"]
+        assert_same(before, guest.view(vf))
+
+        guest.sh("ip netns add fp2")
+        allocations = f"{WORK}/state/allocations"
+        killed = guest.sh(
+            f"({guest.cnitool_command('add', 'fp2', agent=True)} > {WORK}/kill.out "
+            f"2> {WORK}/kill.err; echo $? > {WORK}/kill.rc) & "
+            f'for i in $(seq 3000); do [ -n "$(ls {allocations} 2>/dev/null)" ] && break; '
+            f"sleep 0.005; done; kill -9 {pid}; wait; cat {WORK}/kill.rc {WORK}/kill.err"
+        )["out"]
+        rc, _, err = killed.partition("\n")
+        assert "1" == rc.strip(), killed
+        assert "the node agent stopped during the operation" in err  # code 11
+        assert "dead" == guest.sh(f"[ -d /proc/{pid} ] && echo alive || echo dead")["out"].strip()
+        assert 1 == len(guest.records())  # the half-done ADD, recorded
+        deleted = guest.cnitool("del", "fp2", agent=True)  # no agent: in-process
+        assert 0 == deleted["rc"], deleted["err"]
+        assert 1 == len(guest.plugin_pids("DEL") - {pid})  # this DEL: the binary's own
+        assert_same(before, guest.view(vf))
+        assert [] == guest.records()
+        assert [] == guest.reservations()
 
 
 class TestIgbDamagedState:

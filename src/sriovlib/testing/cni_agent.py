@@ -8,23 +8,31 @@ binary forwarded: so ``SRIOVLIB_TEST_NETLINK`` picks the backend, and
 the tests kill an agent in the middle of an ADD. It serves until SIGTERM or SIGINT and
 prints ``ready`` on stdout once it listens.
 
-:class:`FastPathAgent` runs it for a test.
+:class:`FastPathAgent` runs it for a test; :func:`start_in_guest` runs the shipped
+``sriovlib agent`` in the igb VM's guest instead, on the real kernel.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sriovlib.agent.cniserver import CniServer
 from sriovlib.cni.fastpath import SOCKET_ENV
 from sriovlib.testing import cni_binary
 
-__all__ = ["FastPathAgent", "main"]
+if TYPE_CHECKING:
+    from sriovlib.testing.vm import SriovVM
+
+__all__ = ["FastPathAgent", "main", "start_in_guest"]
 
 
 class FastPathAgent:
@@ -97,3 +105,33 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def start_in_guest(vm: SriovVM, work: str, config: Mapping[str, Any]) -> int:
+    """Start the shipped ``sriovlib agent`` in *vm*'s guest (the real kernel there),
+    serving the fast path on ``<work>/agent.sock`` with its state in ``<work>/state``
+    and its JSON log in ``<work>/agent.log``; return its process ID once the socket is
+    there. No kubelet is needed: the agent serves its pools once one comes."""
+    args = [
+        vm.python_executable, "-m", "sriovlib.agent",
+        "--config", f"{work}/agent-config.json",
+        "--device-plugin-dir", f"{work}/dp",
+        "--state-dir", f"{work}/state",
+        "--device-info-dir", f"{work}/devinfo",
+        "--cni-socket", f"{work}/agent.sock",
+        "--metrics-address", "off",
+        "--log-format", "json",
+    ]  # fmt: skip
+    command = " ".join(shlex.quote(a) for a in args)
+    script = (
+        f"mkdir -p {work} && echo {shlex.quote(json.dumps(config))} > {work}/agent-config.json"
+        f" && rm -f {work}/agent.sock"
+        f" && (setsid {command} > {work}/agent.log 2>&1 < /dev/null & echo $! > {work}/agent.pid)"
+        f" && for i in $(seq 1200); do [ -S {work}/agent.sock ] && break; sleep 0.1; done"
+        f" && [ -S {work}/agent.sock ] && cat {work}/agent.pid"
+    )
+    done = vm.run(script, timeout=180)
+    if done.returncode != 0:
+        log = vm.run(f"tail -5 {work}/agent.log", timeout=30).stdout
+        raise RuntimeError(f"the agent did not start in the guest: {done.stderr} {log}")
+    return int(done.stdout.split()[-1])
