@@ -5,14 +5,20 @@ Run: ``python benchmarks/cni.py`` (``--repeat N``). In one run, interleaved:
 - ``python -c pass`` with the interpreter the ``sriov`` script uses (the floor any
   Python plugin pays);
 - ``CNI_COMMAND=VERSION sriov`` (the console script) and ``python -m sriovlib.cni``;
+- the fast path: the console script's VERSION handed to the agent's server
+  (``sriovlib.agent.cniserver.CniServer``, in this process), and its ADD handed to a
+  listener that answers at once (what is left is the client's start, request and reply);
 - as root, with cnitool and Debian's host-local available: ``cnitool add`` and
   ``cnitool del`` of a VF with a VLAN, a MAC and an address, on a node whose VFs are
   veths (``sriovlib.testing.cni.VethNode``), through the tests' entry point (the shipped
-  code path with the veth backend), and the netlink requests the plugin made for each
-  (from its debug log).
+  code path with the veth backend) in-process, and through the shipped console script
+  handing them to a fast-path agent (``sriovlib.testing.cni_agent``: the shipped server
+  with the veth backend), interleaved with a bare start, and the netlink requests the
+  plugin made for each (from its debug log).
 
-Prints medians and minimums in milliseconds and the VERSION/bare ratio (target: at most
-3x). ``--baseline PATH`` (another checkout's ``sriov`` console script, e.g. before a
+Prints medians and minimums in milliseconds, the VERSION/bare ratio (target: at most
+3x) and the fast path's (target: at most 1.5x). ``benchmarks/cni_vm.py`` measures ADD
+and DEL both ways on a real igb VF in the VM. ``--baseline PATH`` (another checkout's ``sriov`` console script, e.g. before a
 refactor) interleaves its ADD/DEL pairs with this checkout's on the same node and prints
 the ratios of the medians, wall time and CPU time.
 

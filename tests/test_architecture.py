@@ -54,6 +54,34 @@ def test_adapters_do_not_touch_the_kernel(package: str) -> None:
     assert {} == {path: names for path, names in offenders.items() if names}
 
 
+#: Where an entrypoint may import another (docs/architecture.md), as module prefixes: the
+#: CLI starts the agent and reads the fast path's socket default, the ``sriovlib-agent``
+#: script runs the CLI's command, the agent's fast-path server runs the CNI's invocation.
+CROSSINGS = {
+    "cli/agent.py": ("sriovlib.agent", "sriovlib.cni.fastpath"),
+    "agent/__main__.py": ("sriovlib.cli",),
+    "agent/cniserver.py": ("sriovlib.cni",),
+}
+
+
+def test_entrypoints_import_each_other_only_where_documented() -> None:
+    """Outside CROSSINGS no entrypoint imports another one."""
+    offenders = {}
+    for package in ADAPTERS:
+        others = [f"sriovlib.{a}" for a in ADAPTERS if a != package]
+        for path in modules(package):
+            where = str(path.relative_to(SRC))
+            names = sorted(
+                name
+                for name in imports(path)
+                if any(name == o or name.startswith(f"{o}.") for o in others)
+                and not name.startswith(CROSSINGS.get(where, ("-",)))
+            )
+            if names:
+                offenders[where] = names
+    assert {} == offenders
+
+
 def test_only_the_netlink_module_imports_pyroute2() -> None:
     """pyroute2 is imported in sriovlib.netlink alone (where only devlink's eswitch
     mode still uses it): nothing else may bring its package ``__init__`` back."""

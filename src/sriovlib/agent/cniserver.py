@@ -22,6 +22,7 @@ Each invocation's latency and error code go to the agent's metrics.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -42,6 +43,7 @@ from sriovlib.cni.invoke import run
 
 if TYPE_CHECKING:
     from sriovlib.agent.metrics import Metrics
+    from sriovlib.plugins.manager import Plugins
 
 __all__ = ["CniServer"]
 
@@ -57,20 +59,22 @@ class CniServer:
 
     Args:
         path: The socket.
-        context: Makes an invocation's context from the environment it was sent with
-            (the agent's passes its vendor plugins to :meth:`Context.from_environ`).
+        context: Makes an invocation's context from the environment it was sent with;
+            default :meth:`Context.from_environ` with *plugins*.
+        plugins: The vendor plugins the agent loaded (default: each Host loads them).
         metrics: Where invocations are counted, if anywhere.
     """
 
     def __init__(
         self,
         path: str | os.PathLike[str],
-        context: Callable[[Mapping[str, str]], Context] = Context.from_environ,
+        context: Callable[[Mapping[str, str]], Context] | None = None,
         *,
+        plugins: Plugins | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.path = Path(path)
-        self.context = context
+        self.context = context or functools.partial(Context.from_environ, plugins=plugins)
         self.metrics = metrics
         self.allowed_uids = frozenset({0, os.geteuid()})
         self._listener: socket.socket | None = None

@@ -32,7 +32,6 @@ from sriovlib.agent.reclaim import DEFAULT_GRACE, Reclaimer, ReclaimMode
 from sriovlib.agent.resources import Resource, build_resources
 from sriovlib.allocation import Policy
 from sriovlib.attachments import AttachmentService
-from sriovlib.cni.commands import Context
 from sriovlib.exceptions import SriovError
 from sriovlib.host import Host
 from sriovlib.pools import DEFAULT_PREFIX, Pool, PoolConfig, assign, discover_devices
@@ -228,11 +227,8 @@ class Agent:
             host, port = self.metrics_address
             log.info("metrics", extra={"address": f"{host}:{port}"})
         if self.options.cni_socket is not None:
-            plugins = self.host.plugins
             self.cni = CniServer(
-                self.options.cni_socket,
-                lambda environ: Context.from_environ(environ, plugins=plugins),
-                metrics=self.metrics,
+                self.options.cni_socket, plugins=self.host.plugins, metrics=self.metrics
             )
             self.cni.start()
 

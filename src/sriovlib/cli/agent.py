@@ -19,7 +19,7 @@ from typing import Any
 
 from sriovlib.cli._common import add_host_options, open_host, print_json, print_table
 from sriovlib.cli.pools import read_config
-from sriovlib.cni import fastpath
+from sriovlib.cni.fastpath import DEFAULT_SOCKET, SOCKET_ENV
 from sriovlib.pools import DEFAULT_PREFIX, PoolConfig, check_resource_prefix
 
 __all__ = ["DEFAULT_CONFIG", "register", "run"]
@@ -235,10 +235,10 @@ def register(subparsers: Any) -> None:
         "--cni-socket",
         metavar="PATH|off",
         type=_socket_or_off,
-        default=os.environ.get(fastpath.SOCKET_ENV) or fastpath.DEFAULT_SOCKET,
+        default=os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET,
         help="where the CNI fast path listens: the sriov binary hands its invocations to "
-        f"the agent there; or off (default: ${fastpath.SOCKET_ENV}, else "
-        f"{fastpath.DEFAULT_SOCKET})",
+        f"the agent there; or off (default: ${SOCKET_ENV}, else "
+        f"{DEFAULT_SOCKET})",
     )
     parser.add_argument(
         "--metrics-address",
