@@ -18,9 +18,10 @@ Run: ``python benchmarks/cni.py`` (``--repeat N``). In one run, interleaved:
 
 Prints medians and minimums in milliseconds, the VERSION/bare ratio (target: at most
 3x) and the fast path's (target: at most 1.5x). ``benchmarks/cni_vm.py`` measures ADD
-and DEL both ways on a real igb VF in the VM. ``--baseline PATH`` (another checkout's ``sriov`` console script, e.g. before a
-refactor) interleaves its ADD/DEL pairs with this checkout's on the same node and prints
-the ratios of the medians, wall time and CPU time.
+and DEL both ways on a real igb VF in the VM. ``--baseline PATH`` (another checkout's
+``sriov`` console script, e.g. before a refactor) interleaves its ADD/DEL pairs with
+this checkout's on the same node and prints the ratios of the medians, wall time and
+CPU time.
 
 Import time of an in-process ADD (target: at most 40 ms), also as root with cnitool:
 ``cnitool add`` runs the plugin with ``PYTHONPROFILEIMPORTTIME=1`` and the plugin's

@@ -91,7 +91,8 @@ def main() -> int:
         }
         conflist = {"cniVersion": "1.0.0", "name": "bench", "plugins": [plugin]}
         vm.run(f"echo {shlex.quote(json.dumps(conflist))} > {WORK}/net.d/10-bench.conflist")
-        start_in_guest(vm, WORK, {"resourceList": [{"resourceName": "igb"}]})
+        pool = {"resourceName": "igb", "selectors": {"drivers": ["igbvf"]}}
+        start_in_guest(vm, WORK, {"resourceList": [pool]})
         samples = vm.python(
             LOOP.format(work=WORK, tool=str(tool), repeat=args.repeat),
             timeout=60 * (args.repeat + 1) * 2,

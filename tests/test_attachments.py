@@ -321,3 +321,38 @@ def test_records_of_version_0_1_are_read(bench: Bench) -> None:
     bench.service.detach(request.owner, "net-a", bench.step)
     assert 0 == bench.state(0).vlan
     assert () == bench.records()
+
+
+class TestOrphanReclaim:
+    """An orphan's VF comes back at once; its address release is owed to the runtime's
+    DEL or GC (IPAM runs with the runtime's CNI_PATH and environment)."""
+
+    def orphan(self, bench: Bench, cid: str, **kw: Any) -> Any:
+        request = bench.request(0, cid, config=VfConfig(vlan=5), **kw)
+        bench.service.attach(request, bench.step)
+        bench.kernel.delete_netns(request.owner.netns)
+        (record,) = bench.service.orphans()
+        assert bench.service.reclaim_orphan(record)
+        assert () == bench.records()
+        assert 0 == bench.state(0).vlan
+        return request
+
+    def test_the_release_is_owed_and_settled_by_gc(self, bench: Bench) -> None:
+        request = self.orphan(bench, "gone", recorded={"ipam": {"type": "host-local"}})
+        assert [("assign", "gone", None)] == bench.step.calls  # nothing released yet
+        assert bench.service.owed.read("net-a", "gone", "net1") is not None
+        released, errors = bench.service.collect("net-a", set(), bench.step)
+        assert (0, []) == (released, errors)
+        assert ("release", "gone", Reason.STALE) == bench.step.calls[-1]
+        assert bench.service.owed.read("net-a", "gone", "net1") is None
+        assert bench.service.find("net-a", request.owner) is None
+
+    def test_the_release_is_owed_and_settled_by_the_del(self, bench: Bench) -> None:
+        request = self.orphan(bench, "late", recorded={"ipam": {"type": "host-local"}})
+        assert bench.service.detach(request.owner, "net-a", bench.step) is None
+        assert ("release", "late", Reason.DETACH) == bench.step.calls[-1]
+        assert bench.service.owed.read("net-a", "late", "net1") is None
+
+    def test_nothing_is_owed_without_ipam(self, bench: Bench) -> None:
+        self.orphan(bench, "static")
+        assert [] == bench.service.owed.entries()

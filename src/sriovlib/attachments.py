@@ -664,12 +664,15 @@ class AttachmentService:
                     return held
         return None
 
-    def _owe(self, held: Attachment | None, owner: Owner, network: str) -> None:
-        """Keep an address release that failed, for the next detach of *owner* and for
-        :meth:`collect`: the VF itself is already free."""
+    def _owe(
+        self, held: Attachment | None, owner: Owner, network: str, why: str = "failed"
+    ) -> None:
+        """Keep an address release that failed (or that *why* else was not done), for
+        the next detach of *owner* and for :meth:`collect`: the VF itself is already
+        free."""
         if held is None:
             return  # nothing recorded: the caller's own configuration is all there was
-        log.warning("the address release of %s failed: kept to try again", owner)
+        log.warning("the address release of %s %s: kept to try again", owner, why)
         self.owed.write(
             {
                 "network": held.network or network,
@@ -779,9 +782,10 @@ class AttachmentService:
         why: str = "its network namespace is gone",
     ) -> bool:
         """Take back the VF of *record*, an orphan, as a DEL would: the VF restored from
-        its snapshot (or reset to safe defaults), the records dropped. The IPAM release
-        is not done (it needs the network's config, which only the runtime's DEL or GC
-        carries).
+        its snapshot (or reset to safe defaults), the records dropped. The address
+        release (IPAM, which runs with the runtime's ``CNI_PATH`` and environment) is
+        kept as owed (``cni/owed/``, as after a failed release): the runtime's DEL of
+        that attachment, if it ever comes, or its next GC of the network releases it.
 
         Whether the record is still an orphan is asked again under the VF's lock, of the
         record as it is then: by *still_orphan* (the caller's own sign of a gone pod),
@@ -802,6 +806,8 @@ class AttachmentService:
                 return False  # a record without a namespace is never reclaimed
             held = self._held_of(current)
             self._clean_up(held, None, f"{why} (orphan reclaim)")
+            if held.recorded and held.recorded.get("ipam"):
+                self._owe(held, held.owner, held.network or "", "left to the runtime's DEL or GC")
             return True
 
     def problems(self) -> list[str]:

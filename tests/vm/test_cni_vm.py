@@ -262,7 +262,8 @@ class TestIgbOrphanReclaim:
     def test_the_agents_reclaim_restores_a_vf_whose_pod_is_gone(self, guest: Guest) -> None:
         """ADD, then the pod namespace deleted and no DEL ever: the agent's reclaim (its
         Reclaimer on the real kernel, grace 0) restores the VF's name, MAC and settings
-        and drops the records; the IPAM reservation waits for the runtime's DEL or GC."""
+        and drops the records; the IPAM reservation is owed to the runtime's DEL or GC,
+        and the DEL that comes late releases it (and touches the VF no more)."""
         vfs = guest.enable_vfs(2)
         vf = vfs[1]
         before = guest.view(vf)
@@ -280,7 +281,11 @@ result = Reclaimer(AttachmentService(Host("/"), "{WORK}/state"), grace=0).step()
         assert [vf] == reclaimed
         assert_same(before, guest.view(vf))
         assert [] == guest.records()
-        assert len(guest.reservations()) == 1
+        assert len(guest.reservations()) == 1  # owed to the runtime's DEL or GC
+        late = guest.cnitool("del", "pod3", ifname="eth0")  # the DEL that came late
+        assert 0 == late["rc"], late["err"]
+        assert [] == guest.reservations()
+        assert_same(before, guest.view(vf))  # and the VF, given to no one, untouched
 
 
 class TestIgbFastPath:

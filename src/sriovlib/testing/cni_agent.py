@@ -127,7 +127,8 @@ def start_in_guest(vm: SriovVM, work: str, config: Mapping[str, Any]) -> int:
         f"mkdir -p {work} && echo {shlex.quote(json.dumps(config))} > {work}/agent-config.json"
         f" && rm -f {work}/agent.sock"
         f" && (setsid {command} > {work}/agent.log 2>&1 < /dev/null & echo $! > {work}/agent.pid)"
-        f" && for i in $(seq 1200); do [ -S {work}/agent.sock ] && break; sleep 0.1; done"
+        f" && for i in $(seq 1200); do [ -S {work}/agent.sock ] && break;"
+        f" [ -d /proc/$(cat {work}/agent.pid) ] || break; sleep 0.1; done"
         f" && [ -S {work}/agent.sock ] && cat {work}/agent.pid"
     )
     done = vm.run(script, timeout=180)
