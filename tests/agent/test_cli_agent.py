@@ -208,3 +208,21 @@ def _metrics(address: str) -> str:
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as answer:
         text: str = answer.read().decode()
     return text
+
+
+def test_a_cni_socket_path_that_is_a_file_is_one_error_and_kept(tmp_path: Path) -> None:
+    config = _config(
+        tmp_path, {"resourceList": [{"resourceName": "net", "selectors": {"drivers": ["iavf"]}}]}
+    )
+    taken = tmp_path / "taken"
+    taken.write_text("someone's file")
+    args = _args(tmp_path, config, "--metrics-address", "off")
+    args[args.index("--cni-socket") + 1] = str(taken)
+    done = _run(args)
+    assert done.returncode == 2
+    assert (
+        done.stderr.splitlines()[-1] == f"sriovlib agent: error: {taken} exists and is not a socket"
+    )
+    assert "Traceback" not in done.stderr
+    assert taken.read_text() == "someone's file"
+    assert [] == list((tmp_path / "dp").iterdir())  # what it served is gone again
