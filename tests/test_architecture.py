@@ -174,6 +174,7 @@ def test_shipped_sriov_ignores_kill_and_backend_switches(tmp_path: Path, switche
         "SRIOVLIB_SYSFS_ROOT": str(tmp_path / "root"),
         "SRIOVLIB_STATE_DIR": str(tmp_path / "state"),
         "SRIOVLIB_VETH_HOST_NETNS": str(tmp_path / "no-such-netns"),
+        "SRIOVLIB_AGENT_SOCKET": os.environ["SRIOVLIB_AGENT_SOCKET"],  # nobody's: in-process
         **SWITCHES[switches],
     }
     conf = {"cniVersion": "1.0.0", "name": "n", "type": "sriov", "deviceID": str(pf.vf_address(0))}

@@ -237,6 +237,7 @@ class TestEnvironmentEdges:
         argv = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "sriovlib.cni"]
         env: dict[str, Any] = {
             "PATH": os.environ.get("PATH", ""),
+            "SRIOVLIB_AGENT_SOCKET": os.environ["SRIOVLIB_AGENT_SOCKET"],  # in-process
             "CNI_COMMAND": "ADD",
             "CNI_CONTAINERID": "c1",
             "CNI_NETNS": str(tmp_path),

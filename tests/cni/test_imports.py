@@ -11,6 +11,7 @@ Behaviour, not timing: the figures are measured by ``benchmarks/cni.py``.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -118,6 +119,7 @@ def test_add_and_del_through_cnitool_load_no_heavy_module(
         env = {
             **node.environ(),
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "SRIOVLIB_AGENT_SOCKET": os.environ["SRIOVLIB_AGENT_SOCKET"],  # in-process
             "NETCONFPATH": str(tmp_path / "net.d"),
             "CNI_PATH": str(bin_dir),
             "SRIOVLIB_STATE_DIR": str(tmp_path / "state"),

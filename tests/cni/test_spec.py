@@ -11,11 +11,14 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sriovlib.agent.cniserver import CniServer
+from sriovlib.cni.fastpath import SOCKET_ENV
 from sriovlib.testing import FakeSysfs, add_nic_model
 
 SCRIPT = Path(sys.executable).parent / "sriov"
@@ -34,15 +37,27 @@ def binary(request: pytest.FixtureRequest) -> list[str]:
     return argv
 
 
-@pytest.fixture
-def node_env(tmp_path: Path) -> dict[str, str]:
+@pytest.fixture(params=["in-process", "fast-path"])
+def node_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A fake node's environment; the binary runs in-process, or hands the invocation to
+    the shipped fast-path server (its default context, the shipped one) in this process."""
     fs = FakeSysfs(tmp_path / "root")
     add_nic_model(fs, "mlx5", bus=3, num_vfs=2, ports=1)
-    return {
+    env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "SRIOVLIB_SYSFS_ROOT": str(tmp_path / "root"),
         "SRIOVLIB_STATE_DIR": str(tmp_path / "state"),
+        SOCKET_ENV: os.environ[SOCKET_ENV],  # nobody's: see tests/conftest.py
     }
+    if request.param == "in-process":
+        yield env
+        return
+    server = CniServer(tmp_path / "agent" / "agent.sock")
+    server.start()
+    try:
+        yield {**env, SOCKET_ENV: str(server.path)}
+    finally:
+        server.stop()
 
 
 def call(
