@@ -72,6 +72,7 @@ try:
         [*sriovlib, "agent", "--config", str(work / "config.json"),
          "--device-plugin-dir", str(cluster.device_plugin_dir),
          "--state-dir", str(work / "state"), "--device-info-dir", str(work / "devinfo"),
+         "--cni-socket", str(work / "agent.sock"),
          "--log-format", "json", "--compat"],
         stderr=log, stdin=subprocess.DEVNULL,
     )
