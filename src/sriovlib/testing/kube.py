@@ -149,6 +149,68 @@ class KubeCluster:
     def containerd_socket(self) -> Path:
         return self.run_dir / "containerd.sock"
 
+    @property
+    def cni_bin_dir(self) -> Path:
+        """containerd's CNI plugin directory (links to Debian's plugins, in the run directory)."""
+        return self.run_dir / "cni" / "bin"
+
+    @property
+    def cni_conf_dir(self) -> Path:
+        """containerd's CNI config directory; the first file by name is the pods' network."""
+        return self.run_dir / "cni" / "conf"
+
+    def default_network(self) -> dict[str, Any]:
+        """The conflist pods get unless another config sorts first: Debian's ``bridge`` on
+        a bridge of the cluster's own, ``host-local`` addresses in 10.250.0.0/24."""
+        return {
+            "cniVersion": "0.4.0",
+            "name": "sriovlib-kube",
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": self._bridge,
+                    "isGateway": False,
+                    "ipMasq": False,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": "10.250.0.0/24"}]],
+                        "dataDir": str(self.run_dir / "cni" / "ipam"),
+                    },
+                },
+            ],
+        }
+
+    def set_cni_config(
+        self,
+        filename: str,
+        config: Mapping[str, Any] | None,
+        *,
+        plugins: Mapping[str, Path] | None = None,
+    ) -> None:
+        """Write *config* as *filename* in :attr:`cni_conf_dir` (atomically), or remove that
+        file when *config* is None; link each of *plugins* (name → binary) into
+        :attr:`cni_bin_dir` first. containerd watches the directory and loads the first
+        file by name for the next sandbox; it reports no reload, so a caller checks the
+        effect on a pod (delete the pods of the old network first: DEL follows the config
+        of the moment)."""
+        for name, binary in (plugins or {}).items():
+            link = self.cni_bin_dir / name
+            if not link.is_symlink() or link.readlink() != binary:
+                link.unlink(missing_ok=True)
+                link.symlink_to(binary)
+        target = self.cni_conf_dir / filename
+        if config is None:
+            target.unlink(missing_ok=True)
+            return
+        data = json.dumps(config).encode()
+        partial = self.run_dir / "cni" / f".{filename}.partial"
+        partial.write_bytes(data)
+        os.replace(partial, target)
+        # containerd 1.6 ignores the CREATE a rename makes and reloads on a WRITE: write
+        # the same bytes over the complete file once more
+        with open(target, "r+b") as f:
+            f.write(data)
+
     def log_path(self, name: str) -> Path:
         """The log file of *name* (``etcd``, ``kube-apiserver``, ``containerd``, ``kubelet``)."""
         return self.run_dir / "log" / f"{name}.log"
@@ -280,24 +342,7 @@ class KubeCluster:
         cni = run / "cni"
         for plugin in _CNI_PLUGINS:
             (cni / "bin" / plugin).symlink_to(Path("/usr/lib/cni") / plugin)
-        network = {
-            "cniVersion": "0.4.0",
-            "name": "sriovlib-kube",
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": self._bridge,
-                    "isGateway": False,
-                    "ipMasq": False,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{"subnet": "10.250.0.0/24"}]],
-                        "dataDir": str(cni / "ipam"),
-                    },
-                },
-            ],
-        }
-        (cni / "conf" / "10-sriovlib-kube.conflist").write_text(json.dumps(network))
+        (cni / "conf" / "10-sriovlib-kube.conflist").write_text(json.dumps(self.default_network()))
         cri = 'plugins."io.containerd.grpc.v1.cri"'
         config = f"""version = 2
 root = "{run}/containerd/root"
