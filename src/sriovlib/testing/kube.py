@@ -431,6 +431,7 @@ state = "{run}/containerd/state"
                 "--service-cluster-ip-range=10.96.0.0/24",
                 f"--token-auth-file={pki / 'tokens.csv'}",
                 "--authorization-mode=AlwaysAllow",
+                "--allow-privileged=true",  # as every real cluster: the agent is privileged
                 "--disable-admission-plugins=ServiceAccount",
                 f"--service-account-issuer={audience}",
                 f"--service-account-key-file={pki / 'sa.pub'}",

@@ -1,0 +1,92 @@
+"""deploy/ judged by the real kube-apiserver of the tier (``--dry-run=server``: admission,
+defaulting and validation run, nothing is stored). The offline check of the same files is
+tests/test_deploy.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sriovlib.testing.kube import KubeCluster, KubeError
+
+pytestmark = pytest.mark.kube
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+#: A NetworkAttachmentDefinition CRD as Multus ships one (group, names, a `config`
+#: string): what the example NAD needs to be judged; Multus' own install brings it.
+NAD_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "network-attachment-definitions.k8s.cni.cncf.io"},
+    "spec": {
+        "group": "k8s.cni.cncf.io",
+        "scope": "Namespaced",
+        "names": {
+            "plural": "network-attachment-definitions",
+            "singular": "network-attachment-definition",
+            "kind": "NetworkAttachmentDefinition",
+            "shortNames": ["net-attach-def"],
+        },
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "apiVersion": {"type": "string"},
+                            "kind": {"type": "string"},
+                            "metadata": {"type": "object"},
+                            "spec": {
+                                "type": "object",
+                                "properties": {"config": {"type": "string"}},
+                            },
+                        },
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+def test_every_manifest_passes_a_server_side_dry_run(kube_cluster: KubeCluster) -> None:
+    """``kubectl apply -k deploy/ --dry-run=server``: every object is accepted as it
+    would be created (the namespace exists for real first: a dry run creates nothing,
+    so the namespaced objects would otherwise find no namespace)."""
+    kube_cluster.kubectl("create", "namespace", "sriovlib", check=False)
+    out = kube_cluster.kubectl("apply", "-k", str(DEPLOY), "--dry-run=server", "-o", "json")
+    items = json.loads(out)["items"]
+    kinds = sorted((item["kind"], item["metadata"]["name"]) for item in items)
+    assert kinds == [
+        ("ConfigMap", "sriovlib-config"),
+        ("DaemonSet", "sriovlib-agent"),
+        ("Namespace", "sriovlib"),
+        ("ServiceAccount", "sriovlib-agent"),
+    ]
+    (daemonset,) = [item for item in items if item["kind"] == "DaemonSet"]
+    assert daemonset["metadata"]["namespace"] == "sriovlib"
+    spec = daemonset["spec"]["template"]["spec"]
+    assert (True, True) == (spec["hostNetwork"], spec["hostPID"])
+    assert spec["priorityClassName"] == "system-node-critical"
+    with pytest.raises(KubeError):  # and nothing was stored
+        kube_cluster.get("daemonset", "sriovlib-agent", "sriovlib")
+
+
+def test_the_example_nad_passes_a_server_side_dry_run(kube_cluster: KubeCluster) -> None:
+    kube_cluster.kubectl("apply", "-f", "-", input=json.dumps(NAD_CRD))
+    kube_cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s",
+        "crd/network-attachment-definitions.k8s.cni.cncf.io",
+    )  # fmt: skip
+    out = kube_cluster.kubectl(
+        "apply", "-f", str(DEPLOY / "examples" / "sriov-net.yaml"), "--dry-run=server", "-o", "json"
+    )
+    nad = json.loads(out)
+    assert nad["kind"] == "NetworkAttachmentDefinition"
+    assert json.loads(nad["spec"]["config"])["type"] == "sriov"
