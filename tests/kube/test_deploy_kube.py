@@ -10,49 +10,11 @@ from pathlib import Path
 import pytest
 
 from sriovlib.testing.kube import KubeCluster, KubeError
+from sriovlib.testing.multus import NAD_CRD
 
 pytestmark = pytest.mark.kube
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-
-#: A NetworkAttachmentDefinition CRD as Multus ships one (group, names, a `config`
-#: string): what the example NAD needs to be judged; Multus' own install brings it.
-NAD_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "network-attachment-definitions.k8s.cni.cncf.io"},
-    "spec": {
-        "group": "k8s.cni.cncf.io",
-        "scope": "Namespaced",
-        "names": {
-            "plural": "network-attachment-definitions",
-            "singular": "network-attachment-definition",
-            "kind": "NetworkAttachmentDefinition",
-            "shortNames": ["net-attach-def"],
-        },
-        "versions": [
-            {
-                "name": "v1",
-                "served": True,
-                "storage": True,
-                "schema": {
-                    "openAPIV3Schema": {
-                        "type": "object",
-                        "properties": {
-                            "apiVersion": {"type": "string"},
-                            "kind": {"type": "string"},
-                            "metadata": {"type": "object"},
-                            "spec": {
-                                "type": "object",
-                                "properties": {"config": {"type": "string"}},
-                            },
-                        },
-                    }
-                },
-            }
-        ],
-    },
-}
 
 
 def test_every_manifest_passes_a_server_side_dry_run(kube_cluster: KubeCluster) -> None:
