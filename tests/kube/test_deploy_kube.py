@@ -41,11 +41,7 @@ def test_every_manifest_passes_a_server_side_dry_run(kube_cluster: KubeCluster) 
 
 
 def test_the_example_nad_passes_a_server_side_dry_run(kube_cluster: KubeCluster) -> None:
-    kube_cluster.kubectl("apply", "-f", "-", input=json.dumps(NAD_CRD))
-    kube_cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/network-attachment-definitions.k8s.cni.cncf.io",
-    )  # fmt: skip
+    kube_cluster.install_crd(NAD_CRD)
     out = kube_cluster.kubectl(
         "apply", "-f", str(DEPLOY / "examples" / "sriov-net.yaml"), "--dry-run=server", "-o", "json"
     )

@@ -112,10 +112,8 @@ def second_network(multus: KubeCluster) -> Iterator[dict[str, Any]]:
             "dataDir": str(cluster.run_dir / "cni" / "ipam-second"),
         },
     }
-    cluster.create(NAD_CRD)
-    crd = f"crd/{NAD_CRD['metadata']['name']}"
+    crd = cluster.install_crd(NAD_CRD)
     try:
-        cluster.kubectl("wait", "--for=condition=Established", crd, "--timeout=60s")
         cluster.create(network_attachment("second", config))
         yield config
     finally:

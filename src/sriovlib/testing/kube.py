@@ -601,6 +601,14 @@ state = "{run}/containerd/state"
     def create(self, manifest: Mapping[str, Any]) -> None:
         self.kubectl("create", "-f", "-", input=json.dumps(manifest))
 
+    def install_crd(self, crd: Mapping[str, Any]) -> str:
+        """Apply the CustomResourceDefinition *crd* (idempotent: tests sharing the cluster
+        may each install it) and wait until it is Established; returns ``crd/<name>``."""
+        self.kubectl("apply", "-f", "-", input=json.dumps(crd))
+        ref = f"crd/{crd['metadata']['name']}"
+        self.kubectl("wait", "--for=condition=Established", ref, "--timeout=60s")
+        return ref
+
     def pod(
         self,
         name: str,
