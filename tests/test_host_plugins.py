@@ -213,6 +213,7 @@ class TestBindDriver:
     def test_vfio_and_back(self, tmp_path: Path) -> None:
         """A VF goes to vfio-pci for userspace and back to iavf for a netdev."""
         kernel = kernel_with(tmp_path, "i40e")
+        kernel.fs.enable_iommu()  # vfio-pci takes only a function in an IOMMU group
         kernel.fs.load_driver("vfio-pci")
         host = host_of(kernel)
         vf = host.bind_driver(host.vfs("pf0")[1], DeviceType.VFIO)

@@ -347,6 +347,17 @@ class Sysfs:
                     found.setdefault(kind, []).append(f"/dev/infiniband/{name}")
         return {kind: tuple(paths) for kind, paths in found.items()}
 
+    def vfio_noiommu_enabled(self) -> bool:
+        """Whether vfio runs in its unsafe no-IOMMU mode (``vfio
+        enable_unsafe_noiommu_mode=1``), in which vfio-pci binds without an IOMMU."""
+        try:
+            value = read_bounded(
+                f"{self.root}/sys/module/vfio/parameters/enable_unsafe_noiommu_mode", 16
+            )
+        except (OSError, WrongKind):
+            return False
+        return value.strip() in (b"Y", b"1")
+
     def iommu_group_noiommu(self, group: int) -> bool:
         """Whether IOMMU group *group* is a VFIO no-IOMMU group (``/dev/vfio/noiommu-N``)."""
         try:

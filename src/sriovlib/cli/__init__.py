@@ -19,7 +19,7 @@ from sriovlib.exceptions import SriovError
 __all__ = ["main"]
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = ("list", "doctor", "numvfs", "pools", "config", "plugins", "agent")
+COMMANDS = ("list", "doctor", "numvfs", "apply", "pools", "config", "plugins", "agent")
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1

@@ -239,6 +239,13 @@ class Host:
         """What :meth:`set_num_vfs` would do: :meth:`.NumVfs.plan_num_vfs`."""
         return self._numvfs.plan_num_vfs(pf, count, eswitch_mode=eswitch_mode)
 
+    def eswitch_mode(self, pf: PhysicalFunction | str | PciAddress) -> EswitchMode | None:
+        """*pf*'s devlink eswitch mode now; None where the driver has no devlink eswitch
+        (igb, ixgbe)."""
+        parent = self.node.fresh_pf(pf)
+        mode = self.node.netlink.eswitch_mode(str(parent.address))
+        return None if mode is None else EswitchMode(mode)
+
     # -- VF settings (settings.py) -------------------------------------------------------
 
     def vf_state(self, vf: VirtualFunction | PciAddress | str) -> VfState:
@@ -330,6 +337,17 @@ class Host:
     def link(self, ifname: str, netns: NetnsRef | None = None) -> LinkInfo:
         """The interface *ifname* in *netns*: :meth:`.Addresses.link`."""
         return self._addresses.link(ifname, netns)
+
+    def set_link(
+        self,
+        ifname: str,
+        *,
+        mtu: int | None = None,
+        up: bool | None = None,
+        netns: NetnsRef | None = None,
+    ) -> LinkInfo:
+        """Set the MTU and/or up flag of *ifname*: :meth:`.Addresses.set_link`."""
+        return self._addresses.set_link(ifname, mtu=mtu, up=up, netns=netns)
 
     def watch(self) -> EventSource:
         """Subscribe to the kernel's link and device events on this node

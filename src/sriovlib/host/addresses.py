@@ -27,13 +27,30 @@ NOTIFY_SYSCTLS: tuple[LinkSysctl, ...] = ("ipv4.arp_notify", "ipv6.ndisc_notify"
 
 class Addresses:
     """Reads (:meth:`link`, :meth:`addresses`, :meth:`routes`) and sets
-    (:meth:`configure`) an interface's addresses and routes in a namespace."""
+    (:meth:`configure`, :meth:`set_link`) an interface's addresses, routes, MTU and up
+    flag in a namespace."""
 
     def __init__(self, node: NodeContext) -> None:
         self.node = node
 
     def link(self, ifname: str, netns: NetnsRef | None = None) -> LinkInfo:
         """The interface *ifname* in *netns* (None: the host's namespace)."""
+        return self.node.netlink.get_link(ifname, netns)
+
+    def set_link(
+        self,
+        ifname: str,
+        *,
+        mtu: int | None = None,
+        up: bool | None = None,
+        netns: NetnsRef | None = None,
+    ) -> LinkInfo:
+        """Set *ifname*'s MTU and/or up flag (one request; nothing when both are None)
+        and return the interface as it is then."""
+        link = self.node.netlink.get_link(ifname, netns)
+        if mtu is None and up is None:
+            return link
+        self.node.netlink.set_link(link.index, netns, mtu=mtu, up=up)
         return self.node.netlink.get_link(ifname, netns)
 
     def configure(

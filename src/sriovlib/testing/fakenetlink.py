@@ -17,6 +17,9 @@ It enforces the kernel's rules rather than accepting everything:
 
 - ``sriov_numvfs`` changes only through 0 (EBUSY), is at most ``sriov_totalvfs``
   (ERANGE), and a change destroys every VF netdev, wherever it is;
+- ``drivers_probe`` binds the ``driver_override`` driver (else the one matching the PCI
+  id); ``vfio-pci`` takes only a function in an IOMMU group, unless vfio's no-IOMMU
+  mode is on (a ``bind`` is EINVAL, a probe leaves the function unbound, as the kernel);
 - VF settings follow the PF driver's :class:`DriverRules`; :data:`DRIVER_RULES` holds
   what the real igb driver does (measured in the VM tier: ``link_state`` and
   ``query_rss`` EOPNOTSUPP, ``min_tx_rate > 0`` EINVAL, ``max_tx_rate`` only
@@ -478,6 +481,9 @@ class FakeNetlink:
         drv = self.fs.sys / "bus/pci/drivers" / driver
         if not drv.is_dir():
             raise OSError(errno.ENODEV, os.strerror(errno.ENODEV), driver)
+        if driver == "vfio-pci" and not self._vfio_can_take(device):
+            # vfio_pci_probe fails without an IOMMU group (and no no-IOMMU mode)
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), address)
         real = device.resolve()
         (real / "driver").symlink_to(os.path.relpath(drv, real))
         (drv / address).symlink_to(os.path.relpath(real, drv))
@@ -512,8 +518,15 @@ class FakeNetlink:
         override = _read(device / "driver_override")
         driver = override if override not in (None, "", "(null)") else None
         driver = driver or self._id_driver.get(address)
+        if driver == "vfio-pci" and not self._vfio_can_take(device):
+            return  # the probe fails; drivers_probe reports no error, the VF stays unbound
         if driver is not None:
             self._bind(driver, address)
+
+    def _vfio_can_take(self, device: Path) -> bool:
+        """vfio-pci binds a function in an IOMMU group, or any in no-IOMMU mode."""
+        noiommu = self.fs.sys / "module/vfio/parameters/enable_unsafe_noiommu_mode"
+        return (device / "iommu_group").exists() or _read(noiommu) in ("Y", "1")
 
     def _vf_record(self, address: str) -> _Vf | None:
         physfn = self._device(address) / "physfn"
