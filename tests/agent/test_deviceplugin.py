@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from sriovlib.agent.kubelet import ABANDONED_GRACE
 from sriovlib.allocation import Owner, Policy
 from sriovlib.plugins.types import DeviceType
 from sriovlib.testing.kubelet import KubeletStandIn
@@ -277,6 +278,24 @@ def test_kubelet_restart_re_registers_every_pool(
         "intel.com_mlx.sock",
         "kubelet.sock",
     ]
+
+
+def test_a_resource_the_kubelet_drops_is_registered_again(
+    node: Node, kubelet: KubeletStandIn, start_agent: StartAgent
+) -> None:
+    """The kubelet drops a plugin's stream without a restart when an earlier plugin of
+    the same resource goes (an upstream device plugin deleted after the agent took the
+    resource over): the agent registers that resource again, the others stay."""
+    start_agent()
+    for name in (MLX, NET):
+        kubelet.wait_plugin(name)
+    started = time.monotonic()
+    kubelet.drop(NET)
+    plugin = kubelet.wait_plugin(NET, after=1)
+    assert plugin.wait_devices(lambda ds: len(ds) > 0)
+    assert time.monotonic() - started < 5
+    time.sleep(2 * ABANDONED_GRACE)  # and once only: the new stream is open
+    assert (kubelet.registered(NET), kubelet.registered(MLX)) == (2, 1)
 
 
 def test_a_deleted_plugin_socket_is_served_again(

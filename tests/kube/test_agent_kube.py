@@ -12,11 +12,15 @@ import re
 import subprocess
 import sys
 import time
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from sriovlib.agent.api import deviceplugin_pb2 as pb
+from sriovlib.agent.api import deviceplugin_pb2_grpc as pb_grpc
 from sriovlib.agent.podresources import PodResourcesClient
 from sriovlib.allocation import AllocationStore, Owner
 from sriovlib.models import PciAddress
@@ -209,3 +213,53 @@ def test_orphan_reclaim_asks_the_kubelets_pod_resources_api(
     assert not agent.events(
         "pod-resources API not reachable: orphans judged by their network namespace only"
     )
+
+
+class _EarlierPlugin(pb_grpc.DevicePluginServicer):
+    """Another device plugin of the same resource, on a socket of its own (as
+    sriov-network-device-plugin serves it before an upgrade): one healthy device."""
+
+    def __init__(self, directory: Path, resource: str) -> None:
+        self.path = directory / "earlier-plugin.sock"
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        pb_grpc.add_DevicePluginServicer_to_server(self, self.server)  # type: ignore[no-untyped-call]
+        self.server.add_insecure_port(f"unix://{self.path}")
+        self.server.start()
+        request = pb.RegisterRequest(version="v1beta1", endpoint=self.path.name,
+                                     resource_name=resource)  # fmt: skip
+        with grpc.insecure_channel(f"unix://{directory / 'kubelet.sock'}") as channel:
+            pb_grpc.RegistrationStub(channel).Register(request, timeout=5)  # type: ignore[no-untyped-call]
+
+    def GetDevicePluginOptions(self, request: Any, context: Any) -> Any:
+        return pb.DevicePluginOptions()
+
+    def ListAndWatch(self, request: Any, context: Any) -> Any:
+        yield pb.ListAndWatchResponse(devices=[pb.Device(ID="earlier-0", health="Healthy")])
+        while context.is_active():
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.server.stop(0).wait(5)
+        self.path.unlink(missing_ok=True)
+
+
+def test_taking_a_resource_over_from_an_earlier_plugin_survives_its_removal(
+    cluster: KubeCluster, agent_factory: Any
+):
+    """The upgrade order of docs/kubernetes.md: the agent registers a resource another
+    plugin serves, then that plugin is removed. The kubelet then drops the *current*
+    plugin of the resource (its device manager keys clients by name); the agent sees
+    its stream left and registers again, so the node keeps the agent's devices."""
+    earlier = _EarlierPlugin(cluster.device_plugin_dir, NET)
+    try:
+        cluster.wait_allocatable(NET, "1")
+        agent = agent_factory(CONFIG)
+        cluster.wait_allocatable(NET, "12")
+    finally:
+        earlier.stop()
+    (event,) = agent.wait_event("the kubelet left the resource: registering again")
+    assert event["resource"] == NET
+    cluster.wait_allocatable(NET, "12", timeout=15)
+    time.sleep(5)  # and it stays: no second drop, no registration loop
+    assert cluster.allocatable(NET) == "12"
+    assert len(agent.events("registered")) == 3  # both pools, then NET once more

@@ -22,6 +22,7 @@ PreStartContainer           nothing to do (not requested)
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -84,6 +85,28 @@ class DevicePluginService(pb_grpc.DevicePluginServicer):
         self.policy = policy
         self.held = held
         self.metrics = metrics
+        self._streams_lock = threading.Lock()
+        self._streams = 0
+        self._left_at: float | None = None
+
+    def abandoned(self, now: float) -> float:
+        """Seconds since the kubelet left this resource's last ListAndWatch stream (0
+        while a stream is open, or if none was left since :meth:`registered`).
+
+        The kubelet ends a plugin's stream when it drops the plugin: on its way down, or
+        (the kubelet's device manager keys its clients by resource name) when the stream
+        of an *earlier* plugin of the same resource ends, say an old device plugin
+        deleted after this agent took the resource over. Only a new registration brings
+        the resource back then."""
+        with self._streams_lock:
+            if self._streams or self._left_at is None:
+                return 0.0
+            return max(0.0, now - self._left_at)
+
+    def registered(self) -> None:
+        """A registration went through: the streams left before it are forgotten."""
+        with self._streams_lock:
+            self._left_at = None
 
     def GetDevicePluginOptions(self, request: pb.Empty, context: Any) -> pb.DevicePluginOptions:
         return pb.DevicePluginOptions(
@@ -91,6 +114,19 @@ class DevicePluginService(pb_grpc.DevicePluginServicer):
         )
 
     def ListAndWatch(self, request: pb.Empty, context: Any) -> Iterator[pb.ListAndWatchResponse]:
+        with self._streams_lock:
+            self._streams += 1
+        left = True  # by the kubelet, unless the resource closes
+        try:
+            yield from self._list_and_watch(context)
+            left = not self.resource.closed
+        finally:
+            with self._streams_lock:
+                self._streams -= 1
+                if left and not self._streams:
+                    self._left_at = time.monotonic()
+
+    def _list_and_watch(self, context: Any) -> Iterator[pb.ListAndWatchResponse]:
         topology = not self.resource.pool.exclude_topology
         seen = 0
         while context.is_active():

@@ -10,6 +10,9 @@ kubelet's ``kubelet.sock`` (``Registration.Register``, version ``v1beta1``).
 - a resource's own socket gone or replaced → restart its server, then register;
 - a server that stops answering its own health probe (GetDevicePluginOptions, every
   :data:`PROBE_INTERVAL` seconds) → restart it;
+- the kubelet left a resource's ListAndWatch stream and opened none for
+  :data:`ABANDONED_GRACE` seconds, while ``kubelet.sock`` stayed → register it again
+  (the kubelet dropped it: see :meth:`.DevicePluginService.abandoned`);
 - a failed registration → retried with exponential back-off (:data:`BACKOFF` doubling to
   :data:`MAX_BACKOFF`), each failure logged with the kubelet's answer; the agent keeps
   serving the other resources and never exits over it.
@@ -53,6 +56,8 @@ PROBE_INTERVAL = 10.0
 #: First and longest wait before retrying a failed registration.
 BACKOFF = 0.5
 MAX_BACKOFF = 30.0
+#: Seconds without a ListAndWatch stream, after the kubelet left one, before registering again.
+ABANDONED_GRACE = 1.0
 #: Seconds a Register call or a probe may take.
 CALL_TIMEOUT = 5.0
 #: Worker threads per server: each ListAndWatch stream holds one.
@@ -266,6 +271,12 @@ class Supervisor:
                 log.info("waiting for the kubelet", extra={"directory": str(self.directory)})
                 self._waiting_logged = True
             return
+        if state.registered_with == kubelet and server.service.abandoned(now) >= ABANDONED_GRACE:
+            log.warning(
+                "the kubelet left the resource: registering again",
+                extra={"resource": server.resource.name},
+            )
+            state.registered_with = None
         if state.registered_with == kubelet or now < state.retry_at:
             return
         try:
@@ -284,6 +295,7 @@ class Supervisor:
             )
             state.backoff = min(state.backoff * 2, MAX_BACKOFF)
             return
+        server.service.registered()
         state.registered_with = kubelet
         state.backoff = BACKOFF
         state.registrations += 1

@@ -188,6 +188,13 @@ class KubeletStandIn:
             self._server = None
         self.socket.unlink(missing_ok=True)
 
+    def drop(self, resource: str) -> None:
+        """What the kubelet does when it disconnects a plugin (and keeps serving):
+        close its stream and connection and forget it, ``kubelet.sock`` untouched."""
+        with self._cond:
+            plugin = self.plugins.pop(resource)
+        plugin.close()
+
     def restart(self) -> None:
         """What a kubelet restart does: drop the plugins, delete every socket in the
         directory, serve a new ``kubelet.sock``."""
