@@ -88,7 +88,7 @@ def _socket_or_off(text: str) -> Path | None:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    """Print what the agent at ``--metrics-address`` serves; exit 1 if none answers."""
+    """Print what the agent at ``--metrics-address`` serves; an error (exit 2) if none answers."""
     from sriovlib.agent.metrics import read_status
 
     if args.metrics_address is None:
