@@ -226,3 +226,66 @@ def test_a_cni_socket_path_that_is_a_file_is_one_error_and_kept(tmp_path: Path) 
     assert "Traceback" not in done.stderr
     assert taken.read_text() == "someone's file"
     assert [] == list((tmp_path / "dp").iterdir())  # what it served is gone again
+
+
+POLICY = """
+policies:
+  - name: kernel
+    resourceName: poolA
+    numVfs: 8
+    nicSelector: {pfNames: ["enp59s0f0#0-3"]}
+  - name: dpdk
+    resourceName: poolB
+    numVfs: 8
+    deviceType: vfio-pci
+    nicSelector: {pfNames: ["enp59s0f0#4-7"]}
+"""
+
+
+def test_policy_is_applied_before_registering(tmp_path: Path) -> None:
+    """--policy: the agent applies the file first (VFs 4-5 move to vfio-pci), then
+    serves the pools of its resourceNames; --config is not read."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    args = [
+        *AGENT,
+        "--example", "i40e",
+        "--policy", str(policy),
+        "--config", str(tmp_path / "no-such-config.json"),
+        "--device-plugin-dir", str(tmp_path / "dp"),
+        "--state-dir", str(tmp_path / "state"),
+        "--device-info-dir", str(tmp_path / "devinfo"),
+        "--cni-socket", "off",
+        "--metrics-address", "off",
+        "--log-format", "json",
+    ]  # fmt: skip
+    with KubeletStandIn(tmp_path / "dp") as kubelet:
+        agent = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+        try:
+            a = kubelet.wait_plugin("intel.com/poolA", timeout=30)
+            b = kubelet.wait_plugin("intel.com/poolB", timeout=30)
+            assert len(a.wait_devices(lambda ds: len(ds) == 4)) == 4
+            assert len(b.wait_devices(lambda ds: len(ds) == 4)) == 4
+            agent.send_signal(signal.SIGTERM)
+            _, stderr = agent.communicate(timeout=20)
+        finally:
+            agent.kill()
+    assert agent.returncode == 0
+    events = [json.loads(line) for line in stderr.splitlines()]
+    names = [e["event"] for e in events]
+    assert names.index("policy applied") < names.index("registered")
+    (applied,) = [e for e in events if e["event"] == "policy applied"]
+    assert [
+        "VF 4 driver iavf -> vfio-pci",
+        "VF 5 driver iavf -> vfio-pci",
+    ] == applied["changes"]
+
+
+def test_bad_policy_is_one_line(tmp_path: Path) -> None:
+    """A policy file with an unknown field: exit 1, one line, nothing served."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.replace("numVfs: 8\n    deviceType", "numVF: 8\n    deviceType"))
+    done = _run([*_args(tmp_path, tmp_path / "none.json", "--policy", str(policy))])
+    assert done.returncode == 1
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "did you mean 'numVfs'" in done.stderr

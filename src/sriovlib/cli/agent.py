@@ -137,6 +137,12 @@ def register(subparsers: Any) -> None:
         help="the pool config, sriov-network-device-plugin's config.json (default: %(default)s)",
     )
     parser.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="a node policy file (sriovlib apply's): applied at start, before "
+        "registering, and its resourceNames are the pools (--config is then not read)",
+    )
+    parser.add_argument(
         "--compat",
         action="store_true",
         help="accept what sriov-network-device-plugin accepts (keys in any case, unknown "
@@ -288,12 +294,18 @@ def run(args: argparse.Namespace) -> int:
 
     logs.setup(args.log_format, getattr(logging, args.log_level.upper()))
     log = logging.getLogger("sriovlib.agent")
-    config = read_config(args.config, compat=args.compat, default_prefix=args.resource_prefix)
+    policies = None
+    if args.policy is not None:
+        from sriovlib.policy import load_policies
+
+        policies = load_policies(args.policy)
+        for text in policies.warnings:
+            log.warning("policy", extra={"problem": text})
+        config = PoolConfig()
+    else:
+        config = read_config(args.config, compat=args.compat, default_prefix=args.resource_prefix)
     for warning in config.warnings:
         log.warning("config", extra={"problem": str(warning)})
-    carrier_default, carrier_pools = _carrier_settings(
-        args.pf_carrier_health, config, args.resource_prefix
-    )
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -303,6 +315,11 @@ def run(args: argparse.Namespace) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         with open_host(args) as host:
+            if policies is not None:
+                config = _apply_policy(host, policies, log)
+            carrier_default, carrier_pools = _carrier_settings(
+                args.pf_carrier_health, config, args.resource_prefix
+            )
             options = AgentOptions(
                 resource_prefix=args.resource_prefix,
                 device_plugin_dir=args.device_plugin_dir,
@@ -320,7 +337,7 @@ def run(args: argparse.Namespace) -> int:
                 pod_resources_socket=args.pod_resources_socket,
             )
             source = None
-            if args.config != "-":  # standard input is read once
+            if policies is None and args.config != "-":  # standard input is read once
                 source = ConfigFile(
                     args.config,
                     lambda: read_config(
@@ -335,7 +352,10 @@ def run(args: argparse.Namespace) -> int:
                 gc.freeze()
                 log.info(
                     "agent started",
-                    extra={"config": args.config, "resources": [r.name for r in agent.resources]},
+                    extra={
+                        "config": args.policy or args.config,
+                        "resources": [r.name for r in agent.resources],
+                    },
                 )
                 stop.wait()
             finally:
@@ -344,3 +364,36 @@ def run(args: argparse.Namespace) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return 0
+
+
+def _apply_policy(host: Any, policies: Any, log: logging.Logger) -> PoolConfig:
+    """Make the node what *policies* say before anything is served, and return their
+    pools. A change refused by the kernel or by VFs in use (a restarted agent must not
+    take VFs from running pods) is logged and the node served as it is; a policy that
+    cannot apply to this node at all (a conflict) stops the agent."""
+    from sriovlib.exceptions import KernelError, VfsNotReady
+    from sriovlib.policy import PolicyError, apply, plan
+
+    the_plan = plan(host, policies)
+    for text in the_plan.warnings[len(policies.warnings) :]:
+        log.warning("policy", extra={"problem": text})
+    for change in the_plan.changes:
+        if not change.applied:
+            log.warning(
+                "policy: not applied",
+                extra={"change": str(change), "disruption": str(change.disruption),
+                       "command": change.command},
+            )  # fmt: skip
+    if the_plan.empty:
+        log.info("policy: the node is as the policies say", extra={"policy": policies.source})
+        return the_plan.pools
+    try:
+        report = apply(host, the_plan, progress=lambda line: log.info("policy: " + line))
+    except (KernelError, VfsNotReady, PolicyError) as e:
+        log.error("policy: not applied; serving the node as it is", extra={"error": str(e)})
+    else:
+        log.info(
+            "policy applied",
+            extra={"changes": [str(c) for _, c in report.done], "seconds": report.seconds},
+        )
+    return the_plan.pools
