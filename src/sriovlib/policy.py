@@ -1276,7 +1276,7 @@ def apply(
     return ApplyReport(tuple(done), round(time.monotonic() - started, 3))
 
 
-def _apply_pf(  # noqa: PLR0912 - the vendor order, one branch per kind of change
+def _apply_pf(  # noqa: PLR0912, PLR0915 - the vendor order, one step per kind of change
     host: Host, pf_plan: PfPlan, *, force: bool, timeout: float | None, say: Progress
 ) -> list[Change]:
     pf = pf_plan.pf
@@ -1284,6 +1284,8 @@ def _apply_pf(  # noqa: PLR0912 - the vendor order, one branch per kind of chang
     netdev = pf.netdevs[0] if pf.netdevs else None
     todo = [c for c in pf_plan.changes if c.applied]
     done: list[Change] = []
+    deadline = time.monotonic() + (host.node.wait_timeout if timeout is None else timeout)
+    carrier = host.sysfs.carrier(netdev) if netdev is not None else None
     for change in todo:
         if change.vf is None and change.what == "link" and netdev is not None:
             host.set_link(netdev, up=True)
@@ -1291,6 +1293,12 @@ def _apply_pf(  # noqa: PLR0912 - the vendor order, one branch per kind of chang
         elif change.vf is None and change.what == "mtu" and netdev is not None:
             host.set_link(netdev, mtu=int(change.after))
             done.append(change)
+    if netdev is not None and carrier and done:
+        # an MTU change resets the PF (igb, ixgbe): VFs made before its link is back
+        # come up with made-up MACs, so wait for the carrier it had
+        say(f"{pf.name}: waiting for the PF's carrier...")
+        while host.sysfs.carrier(netdev) is not True and time.monotonic() < deadline:
+            time.sleep(host.node.poll_interval)
     numvfs = [c for c in todo if c.vf is None and c.what in ("eswitch mode", "sriov_numvfs")]
     if numvfs:
         mode = target.eswitch_mode if any(c.what == "eswitch mode" for c in numvfs) else None

@@ -601,6 +601,7 @@ class SriovVM:
         python: str | None = None,
         carrier_timeout: float = 30.0,
         progress: bool = True,
+        iommu: bool = False,
     ) -> None:
         """Describe the VM; nothing runs before :meth:`start`.
 
@@ -617,6 +618,10 @@ class SriovVM:
             python: guest interpreter path (default: the host's ``sys.executable``).
             carrier_timeout: seconds to wait for PF carrier during boot.
             progress: print progress lines (``sriov-vm: ...``) to stderr.
+            iommu: give the guest an emulated Intel IOMMU (QEMU's ``intel-iommu`` with
+                interrupt remapping, ``kernel-irqchip=split`` under KVM, ``intel_iommu=on``
+                on the guest command line), so VFs get IOMMU groups and vfio-pci takes
+                them with ``/dev/vfio/<group>``; off by default (the boot stays as fast).
         """
         if pfs < 1:
             raise ValueError("pfs must be at least 1")
@@ -636,6 +641,7 @@ class SriovVM:
         self.python_executable = python or sys.executable
         self.carrier_timeout = carrier_timeout
         self.progress = progress
+        self.iommu = iommu
         #: PF netdev names in the guest, in PCI order (set by :meth:`start`).
         self.pf_netdevs: list[str] = []
         #: Guest kernel release (set by :meth:`start`).
@@ -730,7 +736,8 @@ class SriovVM:
             _log(
                 self.progress,
                 f"booting ({self.accel}, {self.cpus} vCPU, {self.memory_mb} MiB, "
-                f"{self.pfs} PF, kernel {setup.kernel_version})...",
+                f"{self.pfs} PF{', IOMMU' if self.iommu else ''}, "
+                f"kernel {setup.kernel_version})...",
             )
             deadline = time.monotonic() + self.boot_timeout
             with (self._run_dir / "qemu.log").open("wb") as qemu_log:
@@ -760,10 +767,18 @@ class SriovVM:
         else:
             accel = ["-accel", "tcg,thread=multi,tb-size=256", "-cpu", "max"]
         append = "console=ttyS0 loglevel=4 panic=-1 cryptomgr.notests mitigations=off"
+        machine = "q35"
+        iommu: list[str] = []
+        if self.iommu:
+            # interrupt remapping needs the split irqchip under KVM (TCG has no in-kernel
+            # irqchip to split); the IOMMU device comes before the PCI devices it covers
+            machine += ",kernel-irqchip=split" if self.accel == "kvm" else ""
+            iommu = ["-device", "intel-iommu,intremap=on"]
+            append += " intel_iommu=on"
         append = f"{append} {os.environ.get('SRIOV_VM_APPEND', '')}".strip()
         sock = self._run_dir / "agent.sock"
         command = [
-            setup.qemu, "-M", "q35", *accel,
+            setup.qemu, "-M", machine, *accel, *iommu,
             "-smp", str(self.cpus), "-m", str(self.memory_mb),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-kernel", str(boot_image), "-initrd", str(initrd), "-append", append,
