@@ -232,6 +232,7 @@ COMMANDS = {
     "list": [],
     "doctor": [],
     "numvfs": [],
+    "apply": ["-f"],
     "pools": [],
     "config": ["generate"],
     "plugins": [],
