@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sriovlib.exceptions import NotApplied
+from sriovlib.exceptions import Busy, NotApplied
 from sriovlib.host import Host, settings
 from sriovlib.models import InvalidVfConfig, PciId, VfConfig, VfKnob
 from sriovlib.netlink import InvalidValue, KernelError, Unsupported
@@ -151,10 +151,36 @@ class TestVfLimits:
 
 
 class TestPlans:
-    def test_switchdev_plan_refused_before_any_write(self, tmp_path: Path) -> None:
-        """mlx5 switchdev needs an eswitch change sriovlib cannot make: nothing is touched."""
+    def test_mlx5_switchdev_in_the_plugins_order(self, tmp_path: Path) -> None:
+        """mlx5 switchdev: VFs made in legacy, unbound, then the mode set through devlink
+        (the fake refuses switchdev with a VF bound), then the VFs bound again."""
         kernel = kernel_with(tmp_path, "mlx5")
-        with pytest.raises(Unsupported, match=r"devlink dev eswitch set pci/0000:01:00\.0"):
+        host = host_of(kernel)
+        change = host.set_num_vfs("pf0", 4, eswitch_mode=EswitchMode.SWITCHDEV)
+        assert (0, 4) == change.writes
+        assert EswitchMode.SWITCHDEV == host.eswitch_mode("pf0")
+        assert all(vf.driver == "mlx5_core" for vf in host.vfs("pf0"))
+        assert 1 == kernel.requests["devlink_set"]
+
+    def test_mlx5_refuses_switchdev_with_bound_vfs(self, tmp_path: Path) -> None:
+        """The fake kernel's rule the mlx5 order exists for."""
+        kernel = kernel_with(tmp_path, "mlx5")
+        with pytest.raises(Busy):
+            kernel.set_eswitch_mode("0000:01:00.0", "switchdev")
+
+    def test_ice_switchdev_only_without_vfs(self, tmp_path: Path) -> None:
+        """ice: 0 VFs, then the mode, then the VFs; the fake refuses it with VFs."""
+        kernel = kernel_with(tmp_path, "ice")
+        with pytest.raises(Busy):
+            kernel.set_eswitch_mode("0000:01:00.0", "switchdev")
+        host = host_of(kernel)
+        assert (0, 2) == host.set_num_vfs("pf0", 2, eswitch_mode=EswitchMode.SWITCHDEV).writes
+        assert EswitchMode.SWITCHDEV == host.eswitch_mode("pf0")
+
+    def test_switchdev_without_devlink_refused_before_any_write(self, tmp_path: Path) -> None:
+        """igb has no devlink eswitch: switchdev is refused, nothing is touched."""
+        kernel = kernel_with(tmp_path, "igb")
+        with pytest.raises(Unsupported, match="no devlink eswitch"):
             host_of(kernel).set_num_vfs("pf0", 4, eswitch_mode=EswitchMode.SWITCHDEV)
         assert [] == kernel.sysfs_writes
 

@@ -437,3 +437,22 @@ class TestPlanAndApply:
         assert EswitchMode.SWITCHDEV == host.eswitch_mode("ens1f0")
         p = policy(eSwitchMode="switchdev", numVfs=2, nicSelector={"pfNames": ["ens1f0"]})
         assert [] == [c for c in plan(host, [p]).changes if c.vf is None]
+
+    def test_eswitch_mode_change_through_devlink(self, tmp_path: Path) -> None:
+        """legacy -> switchdev on mlx5 disrupts the PF's pods and is made in the
+        plugin's order through devlink; applying it again changes nothing."""
+        fs = FakeSysfs(tmp_path / "mlx")
+        add_nic_model(fs, "mlx5", bus=0x3B, ports=1, num_vfs=2)
+        kernel = FakeNetlink(fs)
+        host = kernel.host()
+        p = policy(eSwitchMode="switchdev", numVfs=2, nicSelector={"pfNames": ["ens1f0"]})
+        the_plan = plan(host, [p])
+        assert [("PF eswitch mode legacy -> switchdev", Disruption.PODS)] == [
+            (str(c), c.disruption) for c in the_plan.changes
+        ]
+        apply(host, the_plan)
+        assert EswitchMode.SWITCHDEV == host.eswitch_mode("ens1f0")
+        assert 1 == kernel.requests["devlink_set"]
+        before = writes(kernel)
+        assert plan(host, [p]).empty
+        assert before == writes(kernel)

@@ -20,7 +20,7 @@ What the interface does:
   ``RTM_GETADDR``); add a route through it and list its routes (``RTM_NEWROUTE``,
   ``RTM_GETROUTE``) — in any namespace;
 - set an interface's per-namespace network sysctls (``arp_notify``, ``ndisc_notify``);
-- read a device's devlink eswitch mode.
+- read and set a device's devlink eswitch mode.
 
 The sysctls are the one thing here that is not a netlink message: they are files under
 ``/proc/sys/net``, but which files a path reaches depends on the network namespace of the
@@ -52,8 +52,9 @@ runs the package's ``__init__``, which loads nearly all of it (IPDB, NDB with sq
 asyncio, ssl, conntrack: ~60 ms natively), and even the link codec alone, without that
 ``__init__``, would bring ``multiprocessing``, ``platform`` and its plugin modules along
 (docs/lifecycle.md, "pyroute2"). pyroute2 remains
-for the one generic-netlink request, devlink's eswitch mode
-(:meth:`KernelNetlink.eswitch_mode`), imported on first use; ``tests/test_netlink.py``
+for the generic-netlink requests, devlink's eswitch mode
+(:meth:`KernelNetlink.eswitch_mode`, :meth:`KernelNetlink.set_eswitch_mode`), imported
+on first use; ``tests/test_netlink.py``
 checks the hand-made messages byte for byte against pyroute2's encoder and the decoders
 against its decoder.
 """
@@ -262,6 +263,11 @@ class NetlinkBackend(Protocol):
 
     def eswitch_mode(self, pci_address: str) -> str | None:
         """``legacy`` or ``switchdev`` from devlink; None where devlink has no answer."""
+
+    def set_eswitch_mode(self, pci_address: str, mode: str) -> None:
+        """Set the devlink eswitch mode (``legacy``/``switchdev``) of ``pci/<address>``;
+        EOPNOTSUPP where the driver has no eswitch, EBUSY where it refuses the change
+        in the present state (ice with VFs, mlx5 with VFs bound)."""
 
     def watch(self) -> EventSource:
         """A subscription to the kernel's link and device events in the host namespace."""
@@ -1208,6 +1214,44 @@ class KernelNetlink:
             if mode is not None:
                 return {0: "legacy", 1: "switchdev"}.get(mode, str(mode))
         return None
+
+    def set_eswitch_mode(self, pci_address: str, mode: str) -> None:
+        """``DEVLINK_CMD_ESWITCH_SET`` of ``DEVLINK_ATTR_ESWITCH_MODE`` (0 legacy, 1
+        switchdev) for ``pci/<address>``, through pyroute2's devlink socket."""
+        value = {"legacy": 0, "switchdev": 1}.get(mode)
+        operation = f"set eswitch mode {mode}"
+        if value is None:
+            raise kernel_error(errno.EINVAL, operation, pci_address, detail="unknown mode")
+        try:
+            from pyroute2 import DL
+            from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
+            from pyroute2.netlink.devlink import DEVLINK_NAMES, devlinkcmd
+            from pyroute2.netlink.exceptions import NetlinkError
+        except ImportError:
+            raise kernel_error(
+                errno.EOPNOTSUPP, operation, pci_address, detail="no devlink support"
+            ) from None
+        self.requests["devlink_set"] += 1
+        try:
+            dl = DL()
+        except Exception:
+            raise kernel_error(
+                errno.EOPNOTSUPP, operation, pci_address, detail="the kernel has no devlink"
+            ) from None
+        try:
+            msg = devlinkcmd()
+            msg["cmd"] = DEVLINK_NAMES["DEVLINK_CMD_ESWITCH_SET"]
+            msg["version"] = 1
+            msg["attrs"] = [
+                ("DEVLINK_ATTR_BUS_NAME", "pci"),
+                ("DEVLINK_ATTR_DEV_NAME", pci_address),
+                ("DEVLINK_ATTR_ESWITCH_MODE", value),
+            ]
+            tuple(dl.nlm_request(msg, msg_type=dl.prid, msg_flags=NLM_F_REQUEST | NLM_F_ACK))
+        except NetlinkError as e:
+            raise kernel_error(e.code, operation, pci_address) from None
+        finally:
+            dl.close()
 
 
 def _ns_key(fd: int) -> tuple[int, int]:

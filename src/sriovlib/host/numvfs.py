@@ -2,8 +2,9 @@
 
 :class:`NumVfs` checks a count against ``sriov_totalvfs`` and the vendor plugin's limit,
 asks the plugin for the steps (generic: a non-zero count changes through 0, as the
-kernel requires), refuses what needs a reboot or an eswitch mode sriovlib cannot set,
-carries the steps out and waits for the VFs and their netdevs.
+kernel requires; the eswitch mode through devlink, in the plugin's order), refuses what
+needs a reboot or an eswitch the driver does not have, carries the steps out and waits
+for the VFs and their netdevs.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ class NumVfs:
         Raises:
             InvalidValue: *count* is negative or above a limit (errno ERANGE; nothing
                 was written); the message names the limit and where it comes from.
-            Unsupported: the plan needs an eswitch mode change (not implemented yet:
-                the message gives the devlink command) or a reboot.
+            Unsupported: the plan needs a reboot, or an eswitch mode the driver has
+                no devlink eswitch for.
             Busy: VFs are in use and *force* is false, or the kernel said EBUSY.
             KernelError: the kernel refused the write.
             VfsNotReady: the VFs or netdevs did not appear in time.
@@ -80,6 +81,21 @@ class NumVfs:
                 )
         carrier = self.node.sysfs.carrier(parent.netdevs[0]) if parent.netdevs else None
         started = time.monotonic()
+        writes = self._run_steps(parent, plan)
+        deadline = started + (self.node.wait_timeout if timeout is None else timeout)
+        vfs = self._wait_for_vfs(parent, count, deadline)
+        if carrier and parent.netdevs:
+            while (
+                self.node.sysfs.carrier(parent.netdevs[0]) is not True
+                and time.monotonic() < deadline
+            ):
+                time.sleep(self.node.poll_interval)
+        return NumVfsChange(
+            parent.address, before, count, tuple(writes), round(time.monotonic() - started, 3), vfs
+        )
+
+    def _run_steps(self, parent: PhysicalFunction, plan: NumVfsPlan) -> list[int]:
+        """Carry the plan's steps out in order; return the values written to numvfs."""
         writes = []
         for step in plan.steps:
             if step.kind is StepKind.WRITE_NUMVFS:
@@ -93,19 +109,11 @@ class NumVfs:
             elif step.kind is StepKind.BIND_VFS:
                 for vf in self.node.sysfs.vfs_of(parent.address):
                     self.node.sysfs_write(parent, "probe VF", vf.address, None)
-            # SET_ESWITCH_MODE steps are no-ops here: _check_plan_possible has made sure
-            # the PF is already in that mode
-        deadline = started + (self.node.wait_timeout if timeout is None else timeout)
-        vfs = self._wait_for_vfs(parent, count, deadline)
-        if carrier and parent.netdevs:
-            while (
-                self.node.sysfs.carrier(parent.netdevs[0]) is not True
-                and time.monotonic() < deadline
-            ):
-                time.sleep(self.node.poll_interval)
-        return NumVfsChange(
-            parent.address, before, count, tuple(writes), round(time.monotonic() - started, 3), vfs
-        )
+            elif step.kind is StepKind.SET_ESWITCH_MODE:
+                address = str(parent.address)
+                if self.node.netlink.eswitch_mode(address) != str(step.value):
+                    self.node.netlink.set_eswitch_mode(address, str(step.value))
+        return writes
 
     def plan_num_vfs(
         self,
@@ -119,7 +127,7 @@ class NumVfs:
         Checks *count* against ``sriov_totalvfs`` and the vendor plugin's limit and asks
         the plugin for the steps; raises exactly what ``set_num_vfs`` would raise before
         its first write (a count above a limit, a plan needing a reboot or an eswitch
-        mode sriovlib cannot set). An empty plan means nothing would change.
+        mode the driver has no devlink eswitch for). An empty plan means nothing would change.
         """
         parent = self.node.fresh_pf(pf)
         hooks = self.node.hooks(parent)
@@ -173,16 +181,14 @@ class NumVfs:
         if not modes:
             return
         current = self.node.netlink.eswitch_mode(str(pf.address))
-        if modes != {current}:
-            wanted = sorted(modes - {str(current)})
+        if current is None and modes - {"legacy"}:
             raise Unsupported(
                 operation,
                 pf_label(pf),
                 errno.EOPNOTSUPP,
                 driver=pf.driver,
-                detail=f"the plan needs eswitch mode {', '.join(wanted)} (now {current}), "
-                "which sriovlib does not set yet; run: devlink dev eswitch set "
-                f"pci/{pf.address} mode <mode> (plan: {note})",
+                detail=f"the plan needs eswitch mode {', '.join(sorted(modes))}, but the "
+                f"{pf.driver} driver has no devlink eswitch (plan: {note})",
             )
 
     def _write_num_vfs(self, pf: PhysicalFunction, value: int) -> None:

@@ -383,6 +383,10 @@ class VethVfNetlink:
         """Fake PFs have no devlink."""
         return None
 
+    def set_eswitch_mode(self, pci_address: str, mode: str) -> None:
+        """Fake PFs have no devlink."""
+        raise kernel_error(errno.EOPNOTSUPP, f"set eswitch mode {mode}", pci_address)
+
     def forget_namespaces(self) -> None:
         """Close sockets in pod namespaces."""
         self.kernel.forget_namespaces()

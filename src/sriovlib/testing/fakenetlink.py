@@ -26,6 +26,8 @@ It enforces the kernel's rules rather than accepting everything:
   ``0 < R <= 1000`` while the PF has carrier, 802.1ad EPROTONOSUPPORT); other drivers
   get :data:`PERMISSIVE` unless you pass rules; a VF driver probing while its PF resets
   (:meth:`FakeNetlink.reset_pf`) makes up a MAC instead of taking the admin MAC;
+- the devlink eswitch mode changes only where the driver has one (EOPNOTSUPP), ice only
+  with no VFs, mlx5 into switchdev only with every VF unbound (EBUSY);
 - links live in namespaces (files whose inode is their identity, as with ``nsfs``);
   names are unique per namespace, counting altnames; a rename of an up link is EBUSY (as
   on kernel 6.1); a move into a namespace with the new name in one request renames in the
@@ -113,6 +115,9 @@ class DriverRules:
         admin_mac_to_netdev: An admin MAC also reaches the VF's bound netdev (iavf
             picks it up from the PF); otherwise the netdev keeps its MAC until the VF
             driver probes again (igb, ixgbe) or the MAC is set on the netdev (mlx5).
+        eswitch_needs_no_vfs: The eswitch mode changes only with no VFs (ice: EBUSY).
+        eswitch_needs_unbound_vfs: switchdev is entered only with every VF unbound
+            (mlx5: EBUSY).
     """
 
     name: str
@@ -130,6 +135,8 @@ class DriverRules:
     reports_own_mac: bool = False
     vf_max_mtu: int = 9216
     admin_mac_to_netdev: bool = False
+    eswitch_needs_no_vfs: bool = False
+    eswitch_needs_unbound_vfs: bool = False
 
 
 #: Rules for drivers whose behaviour was measured on real hardware or emulation.
@@ -149,7 +156,8 @@ DRIVER_RULES: dict[str, DriverRules] = {
     ),
     # iavf (the VF driver of i40e and ice) takes an admin MAC from the PF by itself
     "i40e": DriverRules("i40e", admin_mac_to_netdev=True),
-    "ice": DriverRules("ice", admin_mac_to_netdev=True),
+    "ice": DriverRules("ice", admin_mac_to_netdev=True, eswitch_needs_no_vfs=True),
+    "mlx5_core": DriverRules("mlx5_core", eswitch_needs_unbound_vfs=True),
 }
 
 #: Rules for any other driver: every setting accepted.
@@ -267,6 +275,7 @@ class FakeNetlink:
         self._last_mac: dict[str, str] = {}  # PCI address -> MAC of its last netdev
         self._resetting: dict[str, int] = {}  # PF PCI address -> VF probes left in the reset
         self._watchers: list[FakeEvents] = []
+        self._eswitch: dict[str, str] = {}  # PF PCI address -> mode set through devlink
         self._load()
 
     def __repr__(self) -> str:
@@ -861,8 +870,33 @@ class FakeNetlink:
             driver = _basename(device / "driver")
             if not self.rules.get(driver or "", PERMISSIVE).devlink:
                 return None
+            if pci_address in self._eswitch:
+                return self._eswitch[pci_address]
             switchdev = any(device.glob("net/*/phys_switch_id"))
             return "switchdev" if switchdev else "legacy"
+
+    def set_eswitch_mode(self, pci_address: str, mode: str) -> None:
+        """Set the eswitch mode under the driver's rules: EOPNOTSUPP without devlink,
+        EBUSY with VFs (ice) or with a VF bound to a driver on the way to switchdev
+        (mlx5). Representors are not made up."""
+        with self._lock:
+            operation = f"set eswitch mode {mode}"
+            self._request("devlink_set", pci_address, operation, pci_address)
+            device = self.fs.sys / "bus/pci/devices" / pci_address
+            if mode not in ("legacy", "switchdev") or not device.exists():
+                raise kernel_error(errno.EINVAL, operation, pci_address)
+            rules = self.rules.get(_basename(device / "driver") or "", PERMISSIVE)
+            if not (device / "sriov_totalvfs").exists() or not rules.devlink:
+                raise kernel_error(errno.EOPNOTSUPP, operation, pci_address)
+            if self.eswitch_mode(pci_address) == mode:
+                return
+            vfs = [(device / f"virtfn{i}") for i in range(int(_read(device / "sriov_numvfs") or 0))]
+            if rules.eswitch_needs_no_vfs and vfs:
+                raise kernel_error(errno.EBUSY, operation, pci_address, detail="VFs exist")
+            bound = [vf for vf in vfs if (vf / "driver").exists()]
+            if rules.eswitch_needs_unbound_vfs and mode == "switchdev" and bound:
+                raise kernel_error(errno.EBUSY, operation, pci_address, detail="VFs bound")
+            self._eswitch[pci_address] = mode
 
     def watch(self) -> FakeEvents:
         """Events on every change of a link or a device this fake makes (as the kernel
