@@ -188,11 +188,13 @@ def test_the_agent_takes_its_arguments_and_probes() -> None:
     assert "/etc/pcidp" in mounts
     assert {str(args.device_plugin_dir), str(args.state_dir)} <= mounts
     assert str(Path(DEFAULT_SOCKET).parent) in mounts  # the fast path's socket
+    # the fast path runs IPAM plugins in the agent: their state must be the node's
+    assert {"/opt/cni/bin", "/var/lib/cni", "/var/run/netns"} <= mounts
+    # the probes ask the agent's metrics endpoint, where it listens by default
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        command = container[probe]["exec"]["command"]
-        assert command[0] == "sriovlib"
-        parsed = parser.parse_args(command[1:])
-        assert parsed.agent_command == "status"
+        get = container[probe]["httpGet"]
+        assert f"{get['host']}:{get['port']}" == args.metrics_address
+        assert get["path"] == "/metrics"
     images = {
         c["image"]
         for c in (*by_kind("DaemonSet")["spec"]["template"]["spec"]["initContainers"], container)

@@ -176,8 +176,13 @@ def test_a_config_change_reaches_node_allocatable_without_a_restart(
     cluster.wait_allocatable(NET, "6")
     cluster.wait_allocatable(DPDK, "0")
     assert agent.proc.poll() is None
+    # the reload registered no pool again (the kubelet may drop one, and the agent then
+    # registers it again, when the previous test's agent's stream ends late)
     registered = [e["resource"] for e in agent.events("registered")]
-    assert sorted(registered) == sorted([NET, DPDK])  # no pool registered twice
+    dropped = [
+        e["resource"] for e in agent.events("the kubelet left the resource: registering again")
+    ]
+    assert sorted(registered) == sorted([NET, DPDK, *dropped])
 
 
 def test_orphan_reclaim_asks_the_kubelets_pod_resources_api(
