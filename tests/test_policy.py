@@ -456,3 +456,20 @@ class TestPlanAndApply:
         before = writes(kernel)
         assert plan(host, [p]).empty
         assert before == writes(kernel)
+
+    def test_a_rebind_is_refused_only_for_the_vf_in_use(self, tmp_path: Path) -> None:
+        """Rebinding VF 1 while VF 0 is in a pod goes ahead; rebinding VF 0 is refused."""
+        kernel = node(tmp_path)
+        host = kernel.host()
+        apply(host, plan(host, parse_policies(ISSUE_POLICY)))
+        vf0 = host.vfs(PF)[0]
+        assert vf0.netdev is not None
+        host.netlink.move_link(host.link(vf0.netdev).index, "net1", target=kernel.add_netns("p"))
+        one = ISSUE_POLICY.replace("#0-1", "#0-0").replace("#2-3", "#1-3")
+        apply(host, plan(host, parse_policies(one)))
+        assert ["igbvf", "vfio-pci"] == [vf.driver for vf in host.vfs(PF)[:2]]
+        none = ISSUE_POLICY.replace("#0-1", "#3-3").replace("#2-3", "#0-2")
+        the_plan = plan(host, parse_policies(none))
+        assert ["VF 0 driver igbvf -> vfio-pci"] == [str(c) for c in the_plan.pfs[0].refused]
+        with pytest.raises(Busy, match="VF 0 driver igbvf -> vfio-pci would take them away"):
+            apply(host, the_plan)

@@ -834,6 +834,14 @@ class PfPlan:
         """Whether an applied change disrupts pods holding VFs of this PF."""
         return any(c.applied and c.disruption is Disruption.PODS for c in self.changes)
 
+    @property
+    def refused(self) -> tuple[Change, ...]:
+        """The disruptive changes VFs in use stand in the way of: a PF-wide one (the VF
+        count, the eswitch mode) while any VF is in use, a VF's driver while that VF is."""
+        held = {vf.index for vf in self.busy}
+        disruptive = [c for c in self.changes if c.applied and c.disruption is Disruption.PODS]
+        return tuple(c for c in disruptive if (c.vf is None and held) or c.vf in held)
+
     def to_dict(self) -> dict[str, Any]:
         """The PF's plan as JSON."""
         t = self.target
@@ -862,6 +870,7 @@ class PfPlan:
             "changes": [c.to_dict() for c in self.changes],
             "numvfs_steps": list(self.numvfs_steps),
             "busy": [str(vf.address) for vf in self.busy],
+            "refused_without_force": [str(c) for c in self.refused],
             "notes": list(t.notes),
         }
 
@@ -1241,7 +1250,9 @@ def apply(
     (the plan gives their commands).
 
     Everything that could refuse is checked before the first write: a blocker, or a
-    disruptive change on a PF whose VFs are in use (unless *force*).
+    disruptive change VFs in use stand in the way of (:attr:`PfPlan.refused`; unless
+    *force*): the VF count or eswitch mode of a PF with any VF in use, the driver of a
+    VF in use.
 
     Raises:
         PolicyError: a blocker (e.g. vfio-pci not loaded).
@@ -1253,11 +1264,9 @@ def apply(
         raise PolicyError(list(the_plan.blockers))
     if not force:
         for pf_plan in the_plan.pfs:
-            if pf_plan.disruptive and pf_plan.busy:
+            if pf_plan.refused:
                 names = ", ".join(f"{vf.index} ({vf.address})" for vf in pf_plan.busy)
-                what = ", ".join(
-                    str(c) for c in pf_plan.changes if c.applied and c.disruption is Disruption.PODS
-                )
+                what = ", ".join(str(c) for c in pf_plan.refused)
                 raise Busy(
                     "apply the policy",
                     f"{pf_plan.pf.address} ({pf_plan.pf.name})",

@@ -136,7 +136,7 @@ def _print_plan(source: str, count: int, the_plan: Any) -> None:
             print("  no changes")
         for change in pf_plan.changes:
             _print_change(change)
-        if pf_plan.busy and pf_plan.disruptive:
+        if pf_plan.refused:
             names = ", ".join(str(vf.index) for vf in pf_plan.busy)
             print(f"  VFs in use: {names} (a disruptive change needs --force)")
     for blocker in the_plan.blockers:
