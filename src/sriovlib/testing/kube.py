@@ -29,14 +29,31 @@ How it is put together (each line a fix for this kind of machine: root without
   where those two are bind mounts of run-directory paths, so the host's stay untouched
   (empty mount points are created if missing and removed again);
 - ``nodeStatusUpdateFrequency: 2s``: capacity reaches the API in about a second.
+
+Two options make it a node as a cluster's are, for end-to-end tests on a throw-away
+machine (the igb VM, whose root file system is an overlay that vanishes with it):
+
+- ``node_paths=True``: the kubelet's root is ``/var/lib/kubelet`` (so the pod-resources
+  socket Multus dials, ``/var/lib/kubelet/pod-resources/kubelet.sock``, is the kubelet's),
+  containerd's CNI directories are ``/opt/cni/bin`` (Debian's plugins copied in, so a
+  container mounting it can run them) and ``/etc/cni/net.d``. Refused unless ``/`` is
+  an overlay;
+- ``controllers=True``: kube-controller-manager (the DaemonSet, garbage-collector,
+  namespace and node-lifecycle controllers) and kube-scheduler run too, so a DaemonSet
+  gets its pods and :meth:`KubeCluster.pod` with ``scheduled=True`` leaves placement to
+  the scheduler.
+
+*images* are more OCI archives imported into containerd at start (the agent's image).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import ssl
@@ -46,7 +63,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -115,8 +132,14 @@ class KubeCluster:
         node_ip: str | None = None,
         timeout_scale: float = 1.0,
         progress: bool = True,
+        node_paths: bool = False,
+        controllers: bool = False,
+        images: Sequence[Path] = (),
     ) -> None:
         self.tools = tools
+        self.node_paths = node_paths
+        self.controllers = controllers
+        self.images = tuple(images)
         self.node_name = node_name
         self.node_ip = node_ip
         self.timeout_scale = timeout_scale
@@ -129,17 +152,19 @@ class KubeCluster:
         self._netns_before: set[str] = set()
         self._bridge = f"skube{os.getpid() % 100000}"
         self._ports: dict[str, int] = {}
+        if node_paths and not _root_is_overlay():
+            raise ToolUnavailable("node_paths needs a throw-away root (an overlay on /)")
 
     # -- paths ----------------------------------------------------------------------------------
 
     @property
     def device_plugin_dir(self) -> Path:
         """The kubelet's device-plugin directory, as seen from the host."""
-        return self.run_dir / "kubelet" / "device-plugins"
+        return self.kubelet_root / "device-plugins"
 
     @property
     def kubelet_root(self) -> Path:
-        return self.run_dir / "kubelet"
+        return Path("/var/lib/kubelet") if self.node_paths else self.run_dir / "kubelet"
 
     @property
     def kubeconfig(self) -> Path:
@@ -151,13 +176,14 @@ class KubeCluster:
 
     @property
     def cni_bin_dir(self) -> Path:
-        """containerd's CNI plugin directory (links to Debian's plugins, in the run directory)."""
-        return self.run_dir / "cni" / "bin"
+        """containerd's CNI plugin directory (links to Debian's plugins, in the run
+        directory; with *node_paths* ``/opt/cni/bin`` holding copies of them)."""
+        return Path("/opt/cni/bin") if self.node_paths else self.run_dir / "cni" / "bin"
 
     @property
     def cni_conf_dir(self) -> Path:
         """containerd's CNI config directory; the first file by name is the pods' network."""
-        return self.run_dir / "cni" / "conf"
+        return Path("/etc/cni/net.d") if self.node_paths else self.run_dir / "cni" / "conf"
 
     def default_network(self) -> dict[str, Any]:
         """The conflist pods get unless another config sorts first: Debian's ``bridge`` on
@@ -203,7 +229,7 @@ class KubeCluster:
             target.unlink(missing_ok=True)
             return
         data = json.dumps(config).encode()
-        partial = self.run_dir / "cni" / f".{filename}.partial"
+        partial = self.cni_conf_dir / f".{filename}.partial"  # one file system: a rename
         partial.write_bytes(data)
         os.replace(partial, target)
         # containerd 1.6 ignores the CREATE a rename makes and reloads on a WRITE: write
@@ -212,7 +238,8 @@ class KubeCluster:
             f.write(data)
 
     def log_path(self, name: str) -> Path:
-        """The log file of *name* (``etcd``, ``kube-apiserver``, ``containerd``, ``kubelet``)."""
+        """The log file of *name* (``etcd``, ``kube-apiserver``, ``containerd``, ``kubelet``,
+        ``kube-controller-manager``, ``kube-scheduler``)."""
         return self.run_dir / "log" / f"{name}.log"
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -247,16 +274,21 @@ class KubeCluster:
         self._mount_tmpfs()
         for sub in ("log", "pki", "etcd", "cni/bin", "cni/conf", "cni/ipam", "pod-logs"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
+        for directory in (self.cni_bin_dir, self.cni_conf_dir, self.kubelet_root):
+            directory.mkdir(parents=True, exist_ok=True)  # the kubelet makes no parents
         for sub in _COMPILED_IN:
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(OSError):
             self._netns_before = set(os.listdir("/var/run/netns"))
         self._created_dirs = [p for p in _HOST_DIRS if not p.exists()]
-        self._ports = {n: _free_port() for n in ("etcd", "peer", "api", "kubelet", "healthz")}
+        names = ("etcd", "peer", "api", "kubelet", "healthz", "controllers", "scheduler")
+        self._ports = {n: _free_port() for n in names}
         self._write_credentials()
         self._start_containerd()
         self._start_etcd()
         self._start_apiserver()
+        if self.controllers:
+            self._start_controllers()
         self.start_kubelet()
 
     def _mount_tmpfs(self) -> None:
@@ -339,10 +371,14 @@ class KubeCluster:
 
     def _start_containerd(self) -> None:
         run = self.run_dir
-        cni = run / "cni"
         for plugin in _CNI_PLUGINS:
-            (cni / "bin" / plugin).symlink_to(Path("/usr/lib/cni") / plugin)
-        (cni / "conf" / "10-sriovlib-kube.conflist").write_text(json.dumps(self.default_network()))
+            source, target = Path("/usr/lib/cni") / plugin, self.cni_bin_dir / plugin
+            if self.node_paths:
+                shutil.copy2(source, target)
+            else:
+                target.symlink_to(source)
+        conflist = self.cni_conf_dir / "10-sriovlib-kube.conflist"
+        conflist.write_text(json.dumps(self.default_network()))
         cri = 'plugins."io.containerd.grpc.v1.cri"'
         config = f"""version = 2
 root = "{run}/containerd/root"
@@ -363,23 +399,25 @@ state = "{run}/containerd/state"
         SystemdCgroup = false
         Root = "{run}/runc"
   [{cri}.cni]
-    bin_dir = "{cni}/bin"
-    conf_dir = "{cni}/conf"
+    bin_dir = "{self.cni_bin_dir}"
+    conf_dir = "{self.cni_conf_dir}"
 """
         (run / "containerd.toml").write_text(config)
         started = time.monotonic()
         self._spawn("containerd", ["containerd", "--config", str(run / "containerd.toml")])
         self._wait("containerd's socket", lambda: self._ctr("version") or None, 30, "containerd")
-        for _, archive in self.tools.images:
+        self._timed("containerd ready", started)
+        started = time.monotonic()
+        for archive in [a for _, a in self.tools.images] + list(self.images):
             self._ctr("images", "import", str(archive), check=True)
-        self._timed("containerd ready, images imported", started)
+        self._timed("images imported", started)
 
     def _ctr(self, *args: str, check: bool = False) -> str:
         proc = subprocess.run(
             ["ctr", "-a", str(self.containerd_socket), "-n", "k8s.io", *args],
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=60 * self.timeout_scale,
             check=False,
         )
         if proc.returncode != 0:
@@ -443,20 +481,50 @@ state = "{run}/containerd/state"
                    90, "kube-apiserver")  # fmt: skip
         self._timed("kube-apiserver ready", started)
 
+    def _start_controllers(self) -> None:
+        """kube-controller-manager and kube-scheduler, as admin, no leader election."""
+        pki = self.run_dir / "pki"
+        common = [
+            f"--kubeconfig={self.kubeconfig}",
+            f"--authentication-kubeconfig={self.kubeconfig}",
+            f"--authorization-kubeconfig={self.kubeconfig}",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+        ]
+        started = time.monotonic()
+        self._spawn(
+            "kube-controller-manager",
+            [
+                self.tools.path("kube-controller-manager"),
+                *common,
+                f"--secure-port={self._ports['controllers']}",
+                f"--cert-dir={pki / 'controller-manager'}",
+                # node-lifecycle: lifts the not-ready taint the kubelet registers with
+                "--controllers=daemonset-controller,garbage-collector-controller,"
+                "namespace-controller,node-lifecycle-controller",
+                "--use-service-account-credentials=false",
+            ],
+        )
+        self._spawn(
+            "kube-scheduler",
+            [
+                self.tools.path("kube-scheduler"),
+                *common,
+                f"--secure-port={self._ports['scheduler']}",
+                f"--cert-dir={pki / 'scheduler'}",
+            ],
+        )
+        for name, port in (
+            ("kube-controller-manager", "controllers"),
+            ("kube-scheduler", "scheduler"),
+        ):
+            url = f"https://127.0.0.1:{self._ports[port]}/healthz"
+            self._wait(f"{name}'s /healthz", functools.partial(_healthy, url), 90, name)
+        self._timed("kube-controller-manager and kube-scheduler ready", started)
+
     def api_get(self, path: str) -> str:
         """GET *path* on the API server as admin; the body as text."""
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        request = urllib.request.Request(
-            f"https://127.0.0.1:{self._ports['api']}{path}",
-            headers={"Authorization": f"Bearer {_ADMIN_TOKEN}"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=5, context=context) as reply:  # noqa: S310
-                return str(reply.read().decode())
-        except urllib.error.HTTPError as e:
-            return e.read().decode(errors="replace")
+        return _get_insecure(f"https://127.0.0.1:{self._ports['api']}{path}", _ADMIN_TOKEN)
 
     # -- the kubelet --------------------------------------------------------------------------
 
@@ -492,7 +560,9 @@ state = "{run}/containerd/state"
 
     def _mount_points(self) -> list[tuple[Path, str]]:
         """(run-directory path, compiled-in path) pairs; the compiled-in ones made if
-        missing (:data:`_HOST_DIRS`: removed again at stop)."""
+        missing (:data:`_HOST_DIRS`: removed again at stop). None with *node_paths*."""
+        if self.node_paths:
+            return []
         for target in _COMPILED_IN.values():
             Path(target).mkdir(parents=True, exist_ok=True)
         return [(self.run_dir / sub, target) for sub, target in _COMPILED_IN.items()]
@@ -503,8 +573,11 @@ state = "{run}/containerd/state"
         old = self.device_plugin_dir / "kubelet.sock"
         before = old.stat().st_ino if old.exists() else None
         binds = " && ".join(
-            f"mount --bind {shlex.quote(str(src))} {shlex.quote(dst)}"
-            for src, dst in self._mount_points()
+            [
+                f"mount --bind {shlex.quote(str(src))} {shlex.quote(dst)}"
+                for src, dst in self._mount_points()
+            ]
+            + ["true"]
         )
         kubelet = [
             self.tools.path("kubelet"),
@@ -572,10 +645,19 @@ state = "{run}/containerd/state"
         return proc.stdout
 
     def get(self, kind: str, name: str, namespace: str = "default") -> dict[str, Any]:
-        """The object as JSON; raises KubeError when it does not exist."""
-        text = self.kubectl("get", kind, name, "-n", namespace, "-o", "json")
-        data: dict[str, Any] = json.loads(text)
-        return data
+        """The object as JSON; raises KubeError when it does not exist. Pods are read
+        from the API directly (tests poll them: a kubectl start costs seconds in the VM)."""
+        if kind in ("pod", "pods"):
+            data: dict[str, Any] = json.loads(
+                self.api_get(f"/api/v1/namespaces/{namespace}/pods/{name}")
+            )
+            if data.get("kind") != "Pod":
+                raise KubeError(f"pod {namespace}/{name}: {data.get('message', data)}")
+            return data
+        found: dict[str, Any] = json.loads(
+            self.kubectl("get", kind, name, "-n", namespace, "-o", "json")
+        )
+        return found
 
     def node(self) -> dict[str, Any]:
         """The Node object as JSON; empty while the kubelet has not registered it."""
@@ -616,9 +698,12 @@ state = "{run}/containerd/state"
         *,
         limits: Mapping[str, int] | None = None,
         restart: str = "Never",
+        annotations: Mapping[str, str] | None = None,
+        scheduled: bool = False,
     ) -> dict[str, Any]:
-        """A pod manifest bound to this node: one busybox container running *command*
-        (a shell command line, or an argv run without a shell)."""
+        """A pod manifest bound to this node (or, if *scheduled*, left to the scheduler):
+        one busybox container running *command* (a shell command line, or an argv run
+        without a shell)."""
         container: dict[str, Any] = {
             "name": "app",
             "image": BUSYBOX_IMAGE,
@@ -627,18 +712,18 @@ state = "{run}/containerd/state"
         }
         if limits:
             container["resources"] = {"limits": {k: str(v) for k, v in limits.items()}}
-        return {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {
-                "nodeName": self.node_name,
-                "restartPolicy": restart,
-                "automountServiceAccountToken": False,
-                "terminationGracePeriodSeconds": 1,
-                "containers": [container],
-            },
+        metadata: dict[str, Any] = {"name": name, "namespace": "default"}
+        if annotations:
+            metadata["annotations"] = dict(annotations)
+        spec: dict[str, Any] = {
+            "restartPolicy": restart,
+            "automountServiceAccountToken": False,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [container],
         }
+        if not scheduled:
+            spec["nodeName"] = self.node_name
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
 
     def wait_pod(self, name: str, phases: tuple[str, ...], timeout: float = 60) -> dict[str, Any]:
         """Wait until pod *name* is in one of *phases*; the pod as JSON."""
@@ -696,7 +781,13 @@ state = "{run}/containerd/state"
                 self.kubectl("delete", "pods", "--all", "--all-namespaces", "--grace-period=1",
                              "--wait=false", check=False)  # fmt: skip
                 self._drain()
-        for name in ("kubelet", "kube-apiserver", "etcd"):
+        for name in (
+            "kubelet",
+            "kube-scheduler",
+            "kube-controller-manager",
+            "kube-apiserver",
+            "etcd",
+        ):
             self._terminate(name)
         if "containerd" in self._procs:
             for task in self._ctr("tasks", "ls", "-q").split():
@@ -760,6 +851,32 @@ state = "{run}/containerd/state"
                 for directory in sorted(_walk_dirs(top), key=lambda p: -len(p.parts)):
                     with contextlib.suppress(OSError):
                         directory.rmdir()
+
+
+def _get_insecure(url: str, token: str | None = None) -> str:
+    """GET *url* on 127.0.0.1 (a self-signed certificate), with a bearer *token*; the body."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310 - https://127.0.0.1
+    try:
+        with urllib.request.urlopen(request, timeout=5, context=context) as reply:  # noqa: S310
+            return str(reply.read().decode())
+    except urllib.error.HTTPError as e:
+        return e.read().decode(errors="replace")
+
+
+def _healthy(url: str) -> bool | None:
+    return _get_insecure(url) == "ok" or None
+
+
+def _root_is_overlay() -> bool:
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split(" ")
+        if fields[1] == "/" and fields[2] == "overlay":
+            return True
+    return False
 
 
 def _walk_dirs(top: Path) -> Iterator[Path]:
