@@ -10,6 +10,8 @@ changes nothing. The guest is slow (TCG), so one VM and one round trip serve eve
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -138,6 +140,10 @@ def iommu_vm() -> Iterator[SriovVM]:
 @pytest.fixture(scope="module")
 def observed(iommu_vm: SriovVM) -> dict[str, Any]:
     result: dict[str, Any] = iommu_vm.python(f"POLICY = {POLICY!r}\n" + SCENARIO, timeout=900)
+    # the figures of record (pytest -s): the plan as the CLI prints it, the state after
+    print("--- dry run ---\n" + result["dry_run"]["out"], file=sys.stderr)
+    print("--- apply ---\n" + result["apply"]["out"], file=sys.stderr)
+    print("--- applied ---\n" + json.dumps(result["applied"], indent=1), file=sys.stderr)
     return result
 
 
