@@ -6,4 +6,9 @@ current by the tests).
   ``Registration`` service and the plugin's ``DevicePlugin`` service.
 - ``podresources.proto`` — the pod-resources API ``v1``: the kubelet's
   ``PodResourcesLister`` (which devices each pod's containers were given).
+- ``pluginregistration.proto`` — the plugin-registration API ``v1``: the ``Registration``
+  service a plugin serves in the kubelet's ``plugins_registry`` directory (``GetInfo``,
+  ``NotifyRegistrationStatus``); the DRA driver registers through it.
+- ``dra.proto`` — the DRA plugin API ``v1`` (Kubernetes 1.34): the driver's ``DRAPlugin``
+  service (``NodePrepareResources``, ``NodeUnprepareResources``).
 """
