@@ -39,7 +39,8 @@ from sriovlib.cni.protocol import (
     parse_result,
 )
 from sriovlib.exceptions import InvalidPciAddress
-from sriovlib.models import InvalidVfConfig, PciAddress, VfConfig, mac_problem
+from sriovlib.models import PciAddress, VfConfig
+from sriovlib.vfsettings import normal_mac, vf_settings
 
 __all__ = ["LOG_LEVELS", "NetConf", "parse_netconf"]
 
@@ -64,9 +65,7 @@ KNOWN_ARGS = frozenset(
     }
 )
 
-_MAC_INPUT = re.compile(r"[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(?:\1[0-9a-fA-F]{2}){4}")
 _PLUGIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-]*")
-_MAX_RATE = 2**32 - 1
 _MAX_DEVICE_INFO = 64 << 10
 
 
@@ -170,7 +169,7 @@ def parse_netconf(
 
     device_id, source = _device_id(config, runtime, soft, need_device=need_device)
     mac, mac_source = _mac(config, runtime, args, soft)
-    vf_config = _vf_config(config, mac, soft)
+    vf_config = vf_settings(config, mac, soft)
 
     prev_result = None
     if config.get("prevResult") is not None:
@@ -323,20 +322,6 @@ def _device_info_address(path: object, problems: list[str]) -> PciAddress | None
     return _pci(section["pci-address"], f"{where} pci-address", problems)
 
 
-def _normal_mac(value: object, where: str, problems: list[str]) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str) or not _MAC_INPUT.fullmatch(value):
-        problems.append(f"{where} {value!r} is not a MAC address such as 02:00:00:00:00:01")
-        return None
-    mac = value.lower().replace("-", ":")
-    problem = mac_problem(mac)
-    if problem:
-        problems.append(f"{where}: {problem}")
-        return None
-    return mac
-
-
 def _mac(
     config: Mapping[str, Any],
     runtime: Mapping[str, Any],
@@ -345,80 +330,11 @@ def _mac(
 ) -> tuple[str | None, str | None]:
     # every source is validated, even those a higher-precedence one overrides
     candidates = (
-        (_normal_mac(runtime.get("mac"), "runtimeConfig.mac", problems), "runtimeConfig.mac"),
-        (_normal_mac(args.get("MAC"), "CNI_ARGS MAC", problems), "CNI_ARGS MAC"),
-        (_normal_mac(config.get("mac"), "mac", problems), "mac"),
+        (normal_mac(runtime.get("mac"), "runtimeConfig.mac", problems), "runtimeConfig.mac"),
+        (normal_mac(args.get("MAC"), "CNI_ARGS MAC", problems), "CNI_ARGS MAC"),
+        (normal_mac(config.get("mac"), "mac", problems), "mac"),
     )
     for mac, source in candidates:
         if mac is not None:
             return mac, source
     return None, None
-
-
-def _integer(
-    config: Mapping[str, Any], key: str, low: int, high: int, problems: list[str]
-) -> int | None:
-    value = config.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool):
-        problems.append(f"{key} must be an integer, not {value!r}")
-        return None
-    if not low <= value <= high:
-        problems.append(f"{key} {value} is outside {low}-{high}")
-        return None
-    return value
-
-
-def _choice(
-    config: Mapping[str, Any], key: str, choices: tuple[str, ...], problems: list[str]
-) -> str | None:
-    value = config.get(key)
-    if value is None or value == "":
-        return None
-    if isinstance(value, str) and value.lower() in choices:
-        return value.lower()
-    problems.append(f"{key} {value!r} is not one of {', '.join(choices)}")
-    return None
-
-
-def _vf_config(config: Mapping[str, Any], mac: str | None, problems: list[str]) -> VfConfig:
-    before = len(problems)
-    vlan = _integer(config, "vlan", 0, 4094, problems)
-    qos = _integer(config, "vlanQoS", 0, 7, problems)
-    proto = _choice(config, "vlanProto", ("802.1q", "802.1ad"), problems)
-    spoofchk = _choice(config, "spoofchk", ("on", "off"), problems)
-    trust = _choice(config, "trust", ("on", "off"), problems)
-    link_state = _choice(config, "link_state", ("auto", "enable", "disable"), problems)
-    low = _integer(config, "min_tx_rate", 0, _MAX_RATE, problems)
-    high = _integer(config, "max_tx_rate", 0, _MAX_RATE, problems)
-    vlan_given = config.get("vlan") is not None
-    if config.get("vlanQoS") is not None and not vlan_given:
-        problems.append("vlanQoS needs vlan")
-    elif qos and vlan == 0:
-        problems.append(f"vlanQoS {qos} needs a non-zero vlan")
-    if config.get("vlanProto") not in (None, "") and not vlan_given:
-        problems.append("vlanProto needs vlan")
-    elif proto == "802.1ad" and vlan == 0:
-        problems.append("vlanProto 802.1ad needs a non-zero vlan")
-    if low is not None and high and low > high:
-        problems.append(f"min_tx_rate {low} is above max_tx_rate {high}")
-    if len(problems) > before:
-        return VfConfig()
-    rates_given = low is not None or high is not None
-    try:
-        return VfConfig(
-            mac=mac,
-            vlan=vlan,
-            qos=qos if qos is not None else (0 if vlan is not None else None),
-            vlan_proto=proto if proto is not None else ("802.1q" if vlan is not None else None),
-            spoofchk=None if spoofchk is None else spoofchk == "on",
-            trust=None if trust is None else trust == "on",
-            link_state=link_state,
-            # sriov-cni writes both rates when either is given; the other becomes 0
-            min_tx_rate=(low or 0) if rates_given else None,
-            max_tx_rate=(high or 0) if rates_given else None,
-        )
-    except InvalidVfConfig as e:
-        problems.extend(e.problems)
-        return VfConfig()
