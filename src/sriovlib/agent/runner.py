@@ -6,7 +6,8 @@ the pools of the config (:func:`~sriovlib.agent.resources.build_resources`), one
 :class:`~sriovlib.agent.kubelet.PluginServer` per pool, the
 :class:`~sriovlib.agent.kubelet.Supervisor`, the
 :class:`~sriovlib.agent.health.HealthWatch`, and the attachment service's allocation
-store (which devices CNI attachments hold). :meth:`Agent.stop` ends the streams, stops
+store (which devices CNI attachments hold), and with ``AgentOptions.dra`` the DRA kubelet
+plugin (:class:`~sriovlib.agent.dra.DraPlugin`). :meth:`Agent.stop` ends the streams, stops
 the servers and removes their sockets; files are only ever replaced atomically, so a
 stop at any instant leaves nothing half-written.
 """
@@ -24,6 +25,8 @@ import attrs
 
 from sriovlib.agent.cniserver import CniServer
 from sriovlib.agent.deviceplugin import DevicePluginService
+from sriovlib.agent.dra import DraOptions, DraPlugin
+from sriovlib.agent.draclaims import ClaimSource, NoApiServer
 from sriovlib.agent.grants import Granter
 from sriovlib.agent.health import RESCAN_INTERVAL, HealthWatch
 from sriovlib.agent.kubelet import PluginServer, Supervisor
@@ -75,6 +78,7 @@ class AgentOptions:
         reclaim_grace: Seconds such a record must stay orphaned first.
         pod_resources_socket: The kubelet's pod-resources socket, whose absence of a
             served device from every pod is another sign of an orphan; None: not used.
+        dra: How the DRA kubelet plugin serves, or None for none.
     """
 
     resource_prefix: str = DEFAULT_PREFIX
@@ -91,6 +95,7 @@ class AgentOptions:
     reclaim_grace: float = DEFAULT_GRACE
     cni_socket: Path | None = None
     pod_resources_socket: Path | None = None
+    dra: DraOptions | None = None
 
     def follows_pf_carrier(self, resource: Resource) -> bool:
         """Whether *resource*'s devices follow their PF's link state."""
@@ -137,7 +142,9 @@ class Agent:
     """The node agent's device-plugin half for *config* on *host*.
 
     With *config_file*, a change of that file reloads the pools (a config that does not
-    parse is logged and the running one kept).
+    parse is logged and the running one kept). *claims* is where the DRA plugin reads
+    ResourceClaims (default: :class:`~sriovlib.agent.draclaims.NoApiServer`, until the
+    agent reads the API server).
     """
 
     def __init__(
@@ -147,6 +154,7 @@ class Agent:
         options: AgentOptions,
         *,
         config_file: ConfigFile | None = None,
+        claims: ClaimSource | None = None,
     ) -> None:
         self.host = host
         self.config = config
@@ -179,6 +187,9 @@ class Agent:
             served=lambda: {d.id for r in self.resources for d in r.devices()},
         )
         self.cni: CniServer | None = None
+        self.dra: DraPlugin | None = None
+        if options.dra is not None:
+            self.dra = DraPlugin(host, claims or NoApiServer(), options.dra)
         self._functions: frozenset[str] = frozenset()
         self._lock = threading.RLock()
 
@@ -231,6 +242,8 @@ class Agent:
                 self.options.cni_socket, plugins=self.host.plugins, metrics=self.metrics
             )
             self.cni.start()
+        if self.dra is not None:
+            self.dra.start()
 
     def _serve(self, resource: Resource) -> None:
         service = DevicePluginService(
@@ -336,6 +349,8 @@ class Agent:
     def stop(self) -> None:
         """Finish the CNI invocations under way, end the streams, stop supervising and
         serving, remove the sockets."""
+        if self.dra is not None:
+            self.dra.stop()
         if self.cni is not None:
             self.cni.stop()
         self.metrics.stop()

@@ -83,6 +83,15 @@ def _metrics_address(text: str) -> str | None:
     return text
 
 
+def _driver_name(text: str) -> str:
+    from sriovlib.agent.draclaims import check_driver_name
+
+    try:
+        return check_driver_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _socket_or_off(text: str) -> Path | None:
     return None if text == "off" else Path(text)
 
@@ -116,6 +125,8 @@ def run_status(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add the ``agent`` subcommand."""
+    from sriovlib.agent.dra import DEFAULT_PLUGINS_DIR, DEFAULT_REGISTRY_DIR
+    from sriovlib.agent.draclaims import DEFAULT_DRIVER_NAME
     from sriovlib.agent.podresources import DEFAULT_SOCKET as DEFAULT_POD_RESOURCES_SOCKET
     from sriovlib.agent.runner import (
         DEFAULT_CDI_DIR,
@@ -186,7 +197,35 @@ def register(subparsers: Any) -> None:
         metavar="DIR",
         type=Path,
         default=DEFAULT_CDI_DIR,
-        help="where the CDI spec files go with --use-cdi (default: %(default)s)",
+        help="where the CDI spec files go with --use-cdi or --dra (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--dra",
+        action="store_true",
+        help="also serve the kubelet as a DRA driver (dra/v1, Kubernetes >= 1.34): "
+        "register in --dra-registry-dir, prepare claims' VFs as CDI devices",
+    )
+    parser.add_argument(
+        "--dra-driver-name",
+        metavar="NAME",
+        type=_driver_name,
+        default=DEFAULT_DRIVER_NAME,
+        help="the DRA driver name, a DNS subdomain (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--dra-registry-dir",
+        metavar="DIR",
+        type=Path,
+        default=DEFAULT_REGISTRY_DIR,
+        help="the kubelet's plugin-watcher directory, where <driver>-reg.sock goes "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--dra-plugins-dir",
+        metavar="DIR",
+        type=Path,
+        default=DEFAULT_PLUGINS_DIR,
+        help="the kubelet's plugins directory, where <driver>/dra.sock goes (default: %(default)s)",
     )
     parser.add_argument(
         "--allocation-policy",
@@ -288,6 +327,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; exit 0 after a clean stop."""
     from sriovlib.agent import logs
+    from sriovlib.agent.dra import DraOptions
     from sriovlib.agent.reclaim import ReclaimMode
     from sriovlib.agent.runner import Agent, AgentOptions, ConfigFile
     from sriovlib.allocation import Policy
@@ -335,6 +375,15 @@ def run(args: argparse.Namespace) -> int:
                 reclaim_grace=args.reclaim_grace,
                 cni_socket=args.cni_socket,
                 pod_resources_socket=args.pod_resources_socket,
+                dra=DraOptions(
+                    driver_name=args.dra_driver_name,
+                    registry_dir=args.dra_registry_dir,
+                    plugins_dir=args.dra_plugins_dir,
+                    cdi_dir=args.cdi_dir,
+                    state_dir=args.state_dir,
+                )
+                if args.dra
+                else None,
             )
             source = None
             if policies is None and args.config != "-":  # standard input is read once
