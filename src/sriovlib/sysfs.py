@@ -258,6 +258,20 @@ class Sysfs:
             raise DeviceNotFound("PCI device", str(address))
         return _readlink_basename(f"{path}/driver")
 
+    def pcie_root(self, address: PciAddress) -> str | None:
+        """The PCIe root complex of the function at *address* (``pci0000:00``): the first
+        directory under ``/sys/devices`` its ``/sys/bus/pci/devices`` link resolves to;
+        None when the link does not lead there."""
+        try:
+            target = os.path.realpath(f"{self._devices}/{address}", strict=True)
+        except OSError:
+            return None
+        devices = os.path.realpath(f"{self.root}/sys/devices")
+        parts = os.path.relpath(target, devices).split(os.sep)
+        if len(parts) < 2 or not parts[0].startswith("pci") or parts[-1] != str(address):
+            return None
+        return parts[0]
+
     def netdev_address(self, netdev: str) -> PciAddress | None:
         """The PCI address behind interface *netdev*, or None for a virtual interface."""
         check_netdev_name(netdev)

@@ -209,6 +209,12 @@ class Host:
         pci = address if isinstance(address, PciAddress) else PciAddress.parse(address)
         return self.node.sysfs.bound_driver(pci)
 
+    def pcie_root(self, address: str | PciAddress) -> str | None:
+        """The PCIe root complex of the function at *address* (``pci0000:00``, the
+        ``resource.kubernetes.io/pcieRoot`` of DRA), or None if sysfs does not say."""
+        pci = address if isinstance(address, PciAddress) else PciAddress.parse(address)
+        return self.node.sysfs.pcie_root(pci)
+
     def vf(self, address: str | PciAddress) -> VirtualFunction:
         """The VF at this PCI address; :class:`DeviceNotFound` if there is none."""
         return self.node.vf(address)
