@@ -94,6 +94,25 @@ def test_only_the_netlink_module_imports_pyroute2() -> None:
     assert [] == offenders
 
 
+def test_only_the_kube_api_client_speaks_to_the_api_server() -> None:
+    """``sriovlib.agent.kubeapi`` is the agent's one client of the Kubernetes API: no
+    other shipped module imports ``http.client`` or the ``kubernetes`` package, and the
+    client itself imports nothing of sriovlib but the exceptions (the DRA modules call
+    it; it knows no DRA)."""
+    client = SRC / "agent" / "kubeapi.py"
+    offenders = sorted(
+        str(path.relative_to(SRC))
+        for path in SRC.rglob("*.py")
+        if path != client
+        and path.relative_to(SRC).parts[0] != "testing"
+        and any(n in ("http.client", "kubernetes") or n.startswith("kubernetes.")
+                for n in imports(path))
+    )  # fmt: skip
+    assert [] == offenders
+    own = sorted(n for n in imports(client) if n.startswith("sriovlib"))
+    assert own == ["sriovlib.exceptions", "sriovlib.exceptions.SriovError"]
+
+
 def test_host_parts_do_not_import_the_facade() -> None:
     """The Host's parts share the node context; none imports the facade (no circle)."""
     offenders = [
