@@ -566,8 +566,8 @@ def test_a_damaged_record_is_a_per_claim_error(
     assert error.startswith(f"claim default/net: {record_path(node, ref.uid)}: a damaged")
 
 
-def test_the_api_server_reader_is_not_built_and_says_so(node: Node) -> None:
-    """The agent's claim source until the API server reader exists."""
+def test_without_api_access_every_claim_fails_saying_so(node: Node) -> None:
+    """The agent's claim source when it has no API server access."""
     from sriovlib.agent.draclaims import NoApiServer
 
     options = DraOptions(
@@ -584,7 +584,7 @@ def test_the_api_server_reader_is_not_built_and_says_so(node: Node) -> None:
             error = kubelet.register().prepare(ref).claims[ref.uid].error
     finally:
         plugin.stop()
-    assert "does not read the API server yet" in error
+    assert "has no API server access" in error
 
 
 # -- the agent as a process ------------------------------------------------------------------
@@ -615,7 +615,7 @@ def test_sriovlib_agent_dra_serves_the_driver(tmp_path: Path) -> None:
             client: DraPluginClient = kubelet.register("vf.example.com", timeout=30)
             ref = ClaimRef("default", "net", "0d4f3c2e-0000-4000-8000-000000000004")
             error = client.prepare(ref).claims[ref.uid].error
-        assert "does not read the API server yet" in error
+        assert "has no API server access" in error
     finally:
         agent.terminate()
         _, stderr = agent.communicate(timeout=30)

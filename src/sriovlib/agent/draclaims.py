@@ -20,8 +20,9 @@ bound to::
 Configuration entries apply to the requests they name (all of them when they name none),
 the class's entries before the claim's, a later key overriding an earlier one.
 
-Reading the claim from the API server is not built yet: :class:`NoApiServer` is the
-source the agent uses until it is, and says so in each claim's error.
+:class:`ApiServerClaims` reads the claim from the API server
+(:mod:`sriovlib.agent.kubeapi`); :class:`NoApiServer` is the source of an agent without
+API access, and says so in each claim's error.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import difflib
 import enum
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote
 
 import attrs
 
@@ -38,11 +40,15 @@ from sriovlib.exceptions import SriovError
 from sriovlib.models import VfConfig
 from sriovlib.vfsettings import SETTING_KEYS, normal_mac, vf_settings
 
+if TYPE_CHECKING:
+    from sriovlib.agent.kubeapi import KubeClient
+
 __all__ = [
     "CONFIG_API_VERSION",
     "CONFIG_KIND",
     "DEFAULT_DRIVER_NAME",
     "AllocatedDevice",
+    "ApiServerClaims",
     "ClaimError",
     "ClaimRef",
     "ClaimSource",
@@ -199,14 +205,40 @@ class ClaimSource(Protocol):
 
 
 class NoApiServer:
-    """The claim source until the agent reads the API server (issue 15, part 2): every
-    claim is unavailable, with a message that says why."""
+    """The claim source of an agent without API access (``--dra`` outside a pod and
+    without ``--kubeconfig``): every claim is unavailable, with a message that says why."""
 
     def resource_claim(self, namespace: str, name: str) -> Mapping[str, Any]:
         raise ClaimUnavailable(
-            f"cannot read ResourceClaim {namespace}/{name}: this agent does not read the "
-            "API server yet (the DRA driver's ResourceClaim reader is not built)"
+            f"cannot read ResourceClaim {namespace}/{name}: this agent has no API server "
+            "access (run it in a pod with a service account, or give --kubeconfig FILE)"
         )
+
+
+class ApiServerClaims:
+    """ResourceClaims read from the API server (``resource.k8s.io/v1``), one GET per
+    claim: the kubelet asks only for claims it has not seen prepared, and the preparer
+    answers a recorded one from its record. The UID check (a claim deleted and made
+    again under the same name) is the preparer's, on the object this returns."""
+
+    def __init__(self, api: KubeClient) -> None:
+        self.api = api
+
+    def resource_claim(self, namespace: str, name: str) -> Mapping[str, Any]:
+        from sriovlib.agent.kubeapi import KubeApiError, NotFound
+
+        path = (
+            f"/apis/resource.k8s.io/v1/namespaces/{quote(namespace, safe='')}"
+            f"/resourceclaims/{quote(name, safe='')}"
+        )
+        try:
+            return self.api.get(path)
+        except NotFound:
+            raise ClaimUnavailable(
+                f"ResourceClaim {namespace}/{name} is not in the API server (deleted?)"
+            ) from None
+        except KubeApiError as e:
+            raise ClaimUnavailable(f"cannot read ResourceClaim {namespace}/{name}: {e}") from None
 
 
 def parse_resource_claim(data: object, driver: str) -> ResourceClaim:
