@@ -7,7 +7,10 @@ the pools of the config (:func:`~sriovlib.agent.resources.build_resources`), one
 :class:`~sriovlib.agent.kubelet.Supervisor`, the
 :class:`~sriovlib.agent.health.HealthWatch`, and the attachment service's allocation
 store (which devices CNI attachments hold), and with ``AgentOptions.dra`` the DRA kubelet
-plugin (:class:`~sriovlib.agent.dra.DraPlugin`). :meth:`Agent.stop` ends the streams, stops
+plugin (:class:`~sriovlib.agent.dra.DraPlugin`), which, given the API server, reads its
+claims there and publishes the pools' VFs as ResourceSlices
+(:class:`~sriovlib.agent.draslices.SlicePublisher`, synced on every wake-up of the health
+watch and after every reconcile). :meth:`Agent.stop` ends the streams, stops
 the servers and removes their sockets; files are only ever replaced atomically, so a
 stop at any instant leaves nothing half-written.
 """
@@ -26,7 +29,8 @@ import attrs
 from sriovlib.agent.cniserver import CniServer
 from sriovlib.agent.deviceplugin import DevicePluginService
 from sriovlib.agent.dra import DraOptions, DraPlugin
-from sriovlib.agent.draclaims import ClaimSource, NoApiServer
+from sriovlib.agent.draclaims import ApiServerClaims, ClaimSource, NoApiServer
+from sriovlib.agent.draslices import SlicePublisher
 from sriovlib.agent.grants import Granter
 from sriovlib.agent.health import RESCAN_INTERVAL, HealthWatch
 from sriovlib.agent.kubelet import PluginServer, Supervisor
@@ -40,6 +44,7 @@ from sriovlib.host import Host
 from sriovlib.pools import DEFAULT_PREFIX, Pool, PoolConfig, assign, discover_devices
 
 if TYPE_CHECKING:
+    from sriovlib.agent.kubeapi import KubeClient
     from sriovlib.agent.metrics import Metrics
 
 __all__ = [
@@ -142,9 +147,10 @@ class Agent:
     """The node agent's device-plugin half for *config* on *host*.
 
     With *config_file*, a change of that file reloads the pools (a config that does not
-    parse is logged and the running one kept). *claims* is where the DRA plugin reads
-    ResourceClaims (default: :class:`~sriovlib.agent.draclaims.NoApiServer`, until the
-    agent reads the API server).
+    parse is logged and the running one kept). With ``options.dra`` and *api*, the DRA
+    plugin reads ResourceClaims from the API server and the pools' VFs are published as
+    ResourceSlices of node *node_name*; without *api* claims come from *claims* (default:
+    :class:`~sriovlib.agent.draclaims.NoApiServer`) and nothing is published.
     """
 
     def __init__(
@@ -155,6 +161,8 @@ class Agent:
         *,
         config_file: ConfigFile | None = None,
         claims: ClaimSource | None = None,
+        api: KubeClient | None = None,
+        node_name: str | None = None,
     ) -> None:
         self.host = host
         self.config = config
@@ -188,8 +196,21 @@ class Agent:
         )
         self.cni: CniServer | None = None
         self.dra: DraPlugin | None = None
+        self.slices: SlicePublisher | None = None
         if options.dra is not None:
-            self.dra = DraPlugin(host, claims or NoApiServer(), options.dra)
+            if claims is None:
+                claims = ApiServerClaims(api) if api is not None else NoApiServer()
+            self.dra = DraPlugin(host, claims, options.dra)
+            if api is not None:
+                if not node_name:
+                    raise ValueError("publishing ResourceSlices needs the node's name")
+                self.slices = SlicePublisher(
+                    api,
+                    host,
+                    driver=options.dra.driver_name,
+                    node_name=node_name,
+                    resources=lambda: self.resources,
+                )
         self._functions: frozenset[str] = frozenset()
         self._lock = threading.RLock()
 
@@ -244,6 +265,8 @@ class Agent:
             self.cni.start()
         if self.dra is not None:
             self.dra.start()
+        if self.slices is not None:
+            self.slices.start()
 
     def _serve(self, resource: Resource) -> None:
         service = DevicePluginService(
@@ -300,6 +323,8 @@ class Agent:
             reason = "PCI functions came or went"
         if reason is not None:
             self.reconcile(reason)
+        elif self.slices is not None:
+            self.slices.sync()  # what the last assessment changed
 
     def reconcile(self, reason: str = "asked") -> dict[str, list[str]]:
         """Make the served pools what the config and the node say now: a pool whose
@@ -338,6 +363,8 @@ class Agent:
             self.health.assess()
         if self.supervisor is not None:
             self.supervisor.step()  # register the new pools now
+        if self.slices is not None:
+            self.slices.sync()
         return outcome
 
     def _pool_named(self, resource: Resource) -> Pool:

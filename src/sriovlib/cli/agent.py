@@ -13,6 +13,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,19 @@ def register(subparsers: Any) -> None:
         help="the kubelet's plugins directory, where <driver>/dra.sock goes (default: %(default)s)",
     )
     parser.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="with --dra: reach the API server with this kubeconfig (default: the pod's "
+        "service account when in a pod; otherwise no API access, and claims cannot be read)",
+    )
+    parser.add_argument(
+        "--node-name",
+        metavar="NAME",
+        default=os.environ.get("NODE_NAME") or socket.gethostname(),
+        help="with --dra: the Node whose ResourceSlices the agent publishes "
+        "(default: $NODE_NAME, else the host name: %(default)s)",
+    )
+    parser.add_argument(
         "--allocation-policy",
         choices=("pack", "spread"),
         default="pack",
@@ -393,7 +407,10 @@ def run(args: argparse.Namespace) -> int:
                         args.config, compat=args.compat, default_prefix=args.resource_prefix
                     ),
                 )
-            agent = Agent(host, config, options, config_file=source)
+            api = _api_client(args, log) if args.dra else None
+            agent = Agent(
+                host, config, options, config_file=source, api=api, node_name=args.node_name
+            )
             try:
                 agent.start()
                 # what start built lives as long as the agent: keep the collector off it,
@@ -413,6 +430,25 @@ def run(args: argparse.Namespace) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return 0
+
+
+def _api_client(args: argparse.Namespace, log: logging.Logger) -> Any:
+    """The API server client of ``--dra``: ``--kubeconfig``, else the pod's service
+    account, else None (logged: claims cannot be read, no ResourceSlices)."""
+    from sriovlib.agent.kubeapi import KubeClient, in_cluster, load_kubeconfig
+
+    if args.kubeconfig is not None:
+        config = load_kubeconfig(args.kubeconfig)
+    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config = in_cluster()
+    else:
+        log.warning(
+            "DRA driver without API server access: no ResourceSlices, and claims cannot be "
+            "read (run in a pod, or give --kubeconfig FILE)"
+        )
+        return None
+    log.info("API server", extra={"server": config.server, "credentials": config.source})
+    return KubeClient(config)
 
 
 def _apply_policy(host: Any, policies: Any, log: logging.Logger) -> PoolConfig:
