@@ -41,7 +41,9 @@ reconcile. A sync that finds the pools' generations unchanged costs nothing; one
 finds the published devices changed publishes them with the pool's generation bumped.
 At start, the highest generation of this node's slices of this driver is read and
 exceeded, and the slices of this node and driver that are not this publisher's are
-deleted. A failed publication (the API server unreachable) is logged and retried at
+deleted. Every ``VERIFY_INTERVAL`` seconds a sync lists them again: slices deleted or
+changed by someone else (a kubelet deletes all of its node's when it starts) make it
+start over. A failed publication (the API server unreachable) is logged and retried at
 the next sync.
 """
 
@@ -51,6 +53,7 @@ import contextlib
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -62,7 +65,13 @@ from sriovlib.host import Host
 from sriovlib.models import PciAddress
 from sriovlib.pools import DeviceKind
 
-__all__ = ["MAX_DEVICES_PER_SLICE", "SLICES", "SlicePublisher", "device_attributes"]
+__all__ = [
+    "MAX_DEVICES_PER_SLICE",
+    "SLICES",
+    "VERIFY_INTERVAL",
+    "SlicePublisher",
+    "device_attributes",
+]
 
 log = logging.getLogger("sriovlib.agent")
 
@@ -70,6 +79,9 @@ log = logging.getLogger("sriovlib.agent")
 SLICES = "/apis/resource.k8s.io/v1/resourceslices"
 #: The most devices one ResourceSlice may hold (the API's limit).
 MAX_DEVICES_PER_SLICE = 128
+#: Seconds between two checks that the published slices are still as written (a
+#: kubelet that starts deletes every slice of its node).
+VERIFY_INTERVAL = 30.0
 
 Attributes = dict[str, dict[str, Any]]
 
@@ -137,6 +149,7 @@ class SlicePublisher:
         self._devices: list[dict[str, Any]] | None = None
         self._slices: dict[str, str] = {}  # name -> resourceVersion
         self._started = False
+        self._verified = 0.0
 
     @property
     def pool(self) -> str:
@@ -161,7 +174,9 @@ class SlicePublisher:
         with self._lock:
             seen = self._fingerprint()
             if self._started and seen == self._seen:
-                return False
+                if time.monotonic() - self._verified < VERIFY_INTERVAL:
+                    return False
+                return self._attempt(self._verify)
             return self._attempt(self._start if not self._started else self._publish)
 
     def _attempt(self, step: Callable[[], bool]) -> bool:
@@ -181,15 +196,9 @@ class SlicePublisher:
     def _start(self) -> bool:
         node = self.api.get(f"/api/v1/nodes/{self.node_name}")
         self._node_uid = str(node["metadata"]["uid"])
-        found = self.api.get(
-            SLICES,
-            query={"fieldSelector": f"spec.nodeName={self.node_name},spec.driver={self.driver}"},
-        )
         self._slices = {}
-        for item in found.get("items") or ():
+        for item in self._list():
             spec, meta = item.get("spec", {}), item.get("metadata", {})
-            if spec.get("nodeName") != self.node_name or spec.get("driver") != self.driver:
-                continue  # a server that ignored the field selector
             pool = spec.get("pool", {})
             if pool.get("name") == self.pool:
                 self.generation = max(self.generation, int(pool.get("generation", 0)))
@@ -197,6 +206,35 @@ class SlicePublisher:
         self._started = True
         self._devices = None
         return self._publish()
+
+    def _list(self) -> list[dict[str, Any]]:
+        """This node's slices of this driver."""
+        found = self.api.get(
+            SLICES,
+            query={"fieldSelector": f"spec.nodeName={self.node_name},spec.driver={self.driver}"},
+        )
+        return [
+            item
+            for item in found.get("items") or ()
+            # a server that ignored the field selector
+            if item.get("spec", {}).get("nodeName") == self.node_name
+            and item.get("spec", {}).get("driver") == self.driver
+        ]
+
+    def _verify(self) -> bool:
+        """Start over if the slices are not as this publisher last wrote them."""
+        self._verified = time.monotonic()
+        found = {
+            str(item["metadata"]["name"]): str(item["metadata"].get("resourceVersion", ""))
+            for item in self._list()
+        }
+        if found == self._slices:
+            return False
+        log.warning(
+            "ResourceSlices changed by someone else: publishing them again",
+            extra={"driver": self.driver, "node": self.node_name},
+        )
+        return self._start()
 
     def _publish(self) -> bool:
         seen = self._fingerprint()
@@ -219,6 +257,7 @@ class SlicePublisher:
         self.generation = generation
         self._devices = devices
         self._seen = seen
+        self._verified = time.monotonic()
         self.publications += 1
         log.info(
             "ResourceSlices published",
