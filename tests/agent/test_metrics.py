@@ -9,6 +9,7 @@ import urllib.request
 import grpc
 import pytest
 
+from sriovlib.agent.metrics import Metrics
 from sriovlib.agent.runner import Agent
 from sriovlib.cli import main
 from sriovlib.testing.kubelet import KubeletStandIn
@@ -83,3 +84,14 @@ def test_status_without_an_agent_is_one_line(capsys: pytest.CaptureFixture[str])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert f"no agent answers at 127.0.0.1:{port}" in err[0]
+
+
+def test_a_taken_metrics_address_is_one_line_naming_it() -> None:
+    """A second agent on the node (the port taken) is told which option to change."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match="--metrics-address") as raised:
+            Metrics(list, dict).serve(f"127.0.0.1:{port}")
+    assert str(raised.value) == f"--metrics-address 127.0.0.1:{port}: Address already in use"

@@ -153,7 +153,10 @@ class Metrics:
         """Serve the text format on *address* (``host:port``; port 0 picks one) in a
         thread; the address it listens on."""
         host, port = parse_address(address)
-        self._server, _thread = start_http_server(port, host, registry=self.registry)
+        try:
+            self._server, _thread = start_http_server(port, host, registry=self.registry)
+        except OSError as e:  # a second agent on the node, most often
+            raise OSError(f"--metrics-address {address}: {e.strerror or e}") from e
         bound: tuple[str, int] = self._server.server_address[:2]
         return bound
 
