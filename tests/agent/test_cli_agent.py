@@ -46,7 +46,7 @@ def test_serves_logs_json_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     )
     with KubeletStandIn(tmp_path / "dp") as kubelet:
         agent = subprocess.Popen(
-            _args(tmp_path, config, "--log-format", "json"),
+            _args(tmp_path, config, "--log-format", "json", "--metrics-address", "127.0.0.1:0"),
             stderr=subprocess.PIPE,
             text=True,
         )

@@ -54,6 +54,7 @@ class AgentProcess:
             "--device-info-dir", str(tmp / "devinfo"),
             "--cni-socket", str(tmp / "agent.sock"),
             "--log-format", "json",
+            "--metrics-address", "127.0.0.1:0",  # not the node's 9808: two may overlap
             *extra,
         ]  # fmt: skip
         self.resources = [f"intel.com/{r['resourceName']}" for r in config["resourceList"]]
