@@ -328,7 +328,11 @@ def test_the_seed_flow_on_a_real_vf(node: SriovVM) -> None:
         assert pod["node"] == "sriovlib-node"
         pci = log.split("PCI=", 1)[1].split()[0]
         env = dict(line.split("=", 1) for line in log.splitlines() if line.startswith("PCIDEVICE"))
-        assert env == {"PCIDEVICE_INTEL_COM_SRIOV-NETDEVICE": pci}  # Multus took the allocated VF
+        # the device plugin's variables, as upstream's: Multus took the allocated VF
+        name = "PCIDEVICE_INTEL_COM_SRIOV-NETDEVICE"
+        assert set(env) == {name, f"{name}_INFO"}, env
+        assert env[name] == pci
+        assert json.loads(env[f"{name}_INFO"]) == {pci: {"generic": {"deviceID": pci}}}
         assert f"MAC={NAD_MAC}" in log
         assert "inet 10.56.217." in log  # host-local's address on net1
         (index,) = [i for i, vf in vfs.items() if vf["pci"] == pci]
