@@ -47,6 +47,7 @@ from sriovlib.agent.draprepare import Preparer
 from sriovlib.agent.drastore import PreparedClaims
 from sriovlib.exceptions import SriovError
 from sriovlib.host import Host
+from sriovlib.models import PciAddress
 
 __all__ = [
     "DEFAULT_PLUGINS_DIR",
@@ -84,6 +85,9 @@ class DraOptions:
         cdi_dir: Where the claims' CDI spec files go.
         state_dir: The agent's state directory; the prepared claims are recorded in
             ``<state_dir>/dra/<driver>/claims``.
+        pools: The pools served as DRA devices instead of device-plugin resources, by
+            resource name (with or without its prefix); None: every pool. A pool is
+            served one way or the other, never both (``--dra-pools``).
     """
 
     driver_name: str = attrs.field(default=DEFAULT_DRIVER_NAME)
@@ -91,6 +95,14 @@ class DraOptions:
     plugins_dir: Path = DEFAULT_PLUGINS_DIR
     cdi_dir: Path = Path("/var/run/cdi")
     state_dir: Path = Path("/var/lib/sriovlib")
+    pools: frozenset[str] | None = attrs.field(
+        default=None, converter=attrs.converters.optional(frozenset)
+    )
+
+    def owns(self, resource_name: str, pool_name: str) -> bool:
+        """Whether the pool *pool_name* (resource *resource_name*, with its prefix) is
+        served as DRA devices."""
+        return self.pools is None or resource_name in self.pools or pool_name in self.pools
 
     @driver_name.validator
     def _check(self, _attribute: object, value: str) -> None:
@@ -233,9 +245,18 @@ class DraPlugin:
         host: The node.
         claims: Where ResourceClaim objects are read.
         options: Names and directories.
+        refusal: Why a VF may not be prepared (it is in no pool given to DRA), or None
+            when it may; without it any VF of the node may be.
     """
 
-    def __init__(self, host: Host, claims: ClaimSource, options: DraOptions) -> None:
+    def __init__(
+        self,
+        host: Host,
+        claims: ClaimSource,
+        options: DraOptions,
+        *,
+        refusal: Callable[[PciAddress], str | None] | None = None,
+    ) -> None:
         self.options = options
         self.preparer = Preparer(
             host,
@@ -243,6 +264,7 @@ class DraPlugin:
             PreparedClaims(options.record_dir),
             cdi_dir=options.cdi_dir,
             driver=options.driver_name,
+            refusal=refusal,
         )
         self.registration = RegistrationService(options)
         self.service = DraService(self.preparer)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,9 @@ class Preparer:
         store: The record of prepared claims.
         cdi_dir: Where the CDI spec files go.
         driver: The DRA driver name.
+        refusal: Why the VF at an address may not be prepared (the agent's pools give
+            it to the device plugin, or to none), or None when it may; without it, any
+            VF of the node may be.
     """
 
     def __init__(
@@ -106,8 +109,10 @@ class Preparer:
         *,
         cdi_dir: Path,
         driver: str,
+        refusal: Callable[[PciAddress], str | None] | None = None,
     ) -> None:
         self.host = host
+        self.refusal = refusal
         self.claims = claims
         self.store = store
         self.cdi_dir = cdi_dir
@@ -185,6 +190,9 @@ class Preparer:
             where = f"device {device.device} ({address}) of request {device.request!r}"
             if str(address) in held:
                 raise ClaimError(f"{where} is prepared for claim {held[str(address)]} already")
+            refused = self.refusal(address) if self.refusal is not None else None
+            if refused is not None:
+                raise ClaimError(f"{where} is not this driver's to prepare: {refused}")
             settings = claim.settings(device.request)
             vf = self._vf(address, where)
             self._check_driver(vf, settings, where)

@@ -41,6 +41,7 @@ from sriovlib.allocation import Policy
 from sriovlib.attachments import AttachmentService
 from sriovlib.exceptions import SriovError
 from sriovlib.host import Host
+from sriovlib.models import PciAddress
 from sriovlib.pools import DEFAULT_PREFIX, Pool, PoolConfig, assign, discover_devices
 
 if TYPE_CHECKING:
@@ -101,6 +102,12 @@ class AgentOptions:
     cni_socket: Path | None = None
     pod_resources_socket: Path | None = None
     dra: DraOptions | None = None
+
+    def for_dra(self, resource: Resource) -> bool:
+        """Whether *resource* is served as DRA devices (published in ResourceSlices,
+        prepared for claims) rather than to the kubelet's device-plugin API: one or the
+        other, never both, so one VF cannot be handed out twice."""
+        return self.dra is not None and self.dra.owns(resource.name, resource.pool.resource_name)
 
     def follows_pf_carrier(self, resource: Resource) -> bool:
         """Whether *resource*'s devices follow their PF's link state."""
@@ -200,7 +207,7 @@ class Agent:
         if options.dra is not None:
             if claims is None:
                 claims = ApiServerClaims(api) if api is not None else NoApiServer()
-            self.dra = DraPlugin(host, claims, options.dra)
+            self.dra = DraPlugin(host, claims, options.dra, refusal=self._dra_refusal)
             if api is not None:
                 if not node_name:
                     raise ValueError("publishing ResourceSlices needs the node's name")
@@ -209,10 +216,27 @@ class Agent:
                     host,
                     driver=options.dra.driver_name,
                     node_name=node_name,
-                    resources=lambda: self.resources,
+                    resources=self.dra_resources,
                 )
         self._functions: frozenset[str] = frozenset()
         self._lock = threading.RLock()
+
+    def dra_resources(self) -> list[Resource]:
+        """The pools served as DRA devices (the rest are device-plugin resources)."""
+        return [r for r in self.resources if self.options.for_dra(r)]
+
+    def _dra_refusal(self, address: PciAddress) -> str | None:
+        """Why the DRA driver may not prepare the VF at *address*, or None if it may."""
+        device_id = str(address)
+        for resource in self.resources:
+            if resource.get(device_id) is not None:
+                if self.options.for_dra(resource):
+                    return None
+                return (
+                    f"it is in pool {resource.name}, which the device plugin serves "
+                    "(not one of --dra-pools)"
+                )
+        return "it is in no pool of the agent's config"
 
     def _held(self) -> frozenset[str]:
         try:
@@ -250,7 +274,14 @@ class Agent:
         self.options.device_plugin_dir.mkdir(parents=True, exist_ok=True)
         self.supervisor = Supervisor(self.options.device_plugin_dir, [])
         for resource in self.resources:
-            self._serve(resource)
+            if self.options.for_dra(resource):
+                log.info(
+                    "pool served as DRA devices: not registered with the device-plugin API",
+                    extra={"resource": resource.name, "devices": len(resource.devices())},
+                )
+            else:
+                self._serve(resource)
+        self._check_dra_pools()
         self.supervisor.step()  # register now if the kubelet is there
         self.supervisor.start()
         self.health.start()
@@ -293,7 +324,7 @@ class Agent:
             },
         )
 
-    def _unserve(self, resource: Resource) -> None:
+    def _unserve(self, resource: Resource, why: str = "pool removed: no longer served") -> None:
         resource.close()
         for server in [s for s in self.servers if s.resource is resource]:
             if self.supervisor is not None:
@@ -302,7 +333,25 @@ class Agent:
             self.servers.remove(server)
         self.services = [s for s in self.services if s.resource is not resource]
         self.granter.remove_cdi_spec(resource)
-        log.info("pool removed: no longer served", extra={"resource": resource.name})
+        log.info(why, extra={"resource": resource.name})
+
+    def _served(self, resource: Resource) -> bool:
+        """Whether *resource* has a device-plugin server now."""
+        return any(s.resource is resource for s in self.servers)
+
+    def _check_dra_pools(self) -> None:
+        """Log the names of ``--dra-pools`` that match no pool of the config."""
+        names = self.options.dra.pools if self.options.dra is not None else None
+        if not names:
+            return
+        known: set[str] = set()
+        for pool in self.config.pools:
+            known.update((pool.full_name(self.options.resource_prefix), pool.resource_name))
+        unknown = sorted(names - known)
+        if unknown:
+            log.warning(
+                "--dra-pools names pools the config does not have", extra={"pools": unknown}
+            )
 
     def _on_wake(self, event: bool) -> None:
         """Reclaim orphans; reconcile when the config file changed, or after kernel
@@ -345,16 +394,24 @@ class Agent:
                 new = fresh.pop(resource.name, None)
                 if new is not None or resource.name in wanted:
                     pool = new.pool if new is not None else self._pool_named(resource)
-                    if resource.reconfigure(pool, new.devices() if new is not None else ()):
+                    changed = resource.reconfigure(pool, new.devices() if new is not None else ())
+                    resource = self._reown(resource)  # noqa: PLW2901 - may be a new one
+                    if changed:
                         outcome["changed"].append(resource.name)
-                        self.granter.prune_device_info(resource)
-                        self.granter.write_cdi_spec(resource)
+                        if self._served(resource):
+                            self.granter.prune_device_info(resource)
+                            self.granter.write_cdi_spec(resource)
                     kept.append(resource)
                 else:
-                    self._unserve(resource)
+                    if self._served(resource):
+                        self._unserve(resource)
+                    else:
+                        resource.close()
+                        log.info("pool removed", extra={"resource": resource.name})
                     outcome["removed"].append(resource.name)
             for resource in fresh.values():
-                self._serve(resource)
+                if not self.options.for_dra(resource):
+                    self._serve(resource)
                 kept.append(resource)
                 outcome["added"].append(resource.name)
             self.resources = kept
@@ -366,6 +423,21 @@ class Agent:
         if self.slices is not None:
             self.slices.sync()
         return outcome
+
+    def _reown(self, resource: Resource) -> Resource:
+        """Serve *resource* the way the options say now: a device-plugin pool handed to
+        DRA stops being served to the kubelet (its socket goes, so the kubelet stops
+        advertising it); a DRA pool handed back is served. Returns the resource to keep
+        (a new one when its watches had to end)."""
+        served = self._served(resource)
+        if self.options.for_dra(resource) and served:
+            self._unserve(resource, "pool handed to DRA: no longer a device-plugin resource")
+            return Resource(resource.pool, self.options.resource_prefix, resource.devices())
+        if not self.options.for_dra(resource) and not served:
+            if resource.closed:
+                resource = Resource(resource.pool, self.options.resource_prefix, resource.devices())
+            self._serve(resource)
+        return resource
 
     def _pool_named(self, resource: Resource) -> Pool:
         for pool in self.config.pools:

@@ -93,6 +93,14 @@ def _driver_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _pool_names(text: str) -> frozenset[str]:
+    names = frozenset(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one pool (resourceName, with or "
+                                         "without its prefix)")  # fmt: skip
+    return names
+
+
 def _socket_or_off(text: str) -> Path | None:
     return None if text == "off" else Path(text)
 
@@ -205,6 +213,16 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="also serve the kubelet as a DRA driver (dra/v1, Kubernetes >= 1.34): "
         "register in --dra-registry-dir, prepare claims' VFs as CDI devices",
+    )
+    parser.add_argument(
+        "--dra-pools",
+        metavar="NAME[,NAME]",
+        type=_pool_names,
+        action="append",
+        default=None,
+        help="with --dra: the pools served as DRA devices (resourceName, with or without "
+        "its prefix; repeatable); the others stay device-plugin resources. A pool is "
+        "served one way, never both (default: every pool, with --dra)",
     )
     parser.add_argument(
         "--dra-driver-name",
@@ -360,6 +378,8 @@ def run(args: argparse.Namespace) -> int:
         config = read_config(args.config, compat=args.compat, default_prefix=args.resource_prefix)
     for warning in config.warnings:
         log.warning("config", extra={"problem": str(warning)})
+    if args.dra_pools and not args.dra:
+        log.warning("--dra-pools without --dra: every pool is a device-plugin resource")
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -395,6 +415,7 @@ def run(args: argparse.Namespace) -> int:
                     plugins_dir=args.dra_plugins_dir,
                     cdi_dir=args.cdi_dir,
                     state_dir=args.state_dir,
+                    pools=frozenset().union(*args.dra_pools) if args.dra_pools else None,
                 )
                 if args.dra
                 else None,
