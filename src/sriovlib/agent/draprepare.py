@@ -23,17 +23,27 @@ Order makes it crash-safe: the spec is written before the record, and removed be
 the record, so a record never names a spec that was not written, and a retry after any
 crash finishes the work. A claim already recorded is answered from its record (its spec
 written again if it is gone) without reading the claim again.
+
+A claim's VF settings (vlan, qos, spoofchk, trust, link state, rates, MAC) are applied
+through the host as the CNI's attachments apply them: each VF's snapshot
+(``Host.snapshot``) is recorded (``complete`` false) before the first change, then
+``Host.configure_vf`` applies; a failure restores the VFs done before it. Unprepare,
+and a prepare that finds an incomplete record (the agent was killed), restore each VF
+from its snapshot (``Host.release``) first.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import attrs
 
 from sriovlib._files import write_atomic
 from sriovlib.agent.draclaims import (
@@ -48,11 +58,18 @@ from sriovlib.agent.draclaims import (
 )
 from sriovlib.agent.drastore import PreparedClaim, PreparedClaims, PreparedDevice
 from sriovlib.agent.grants import CDI_VERSION
-from sriovlib.exceptions import SriovError
+from sriovlib.allocation import StoreError
+from sriovlib.exceptions import DeviceNotFound, SriovError
 from sriovlib.host import Host
-from sriovlib.models import ContainerDevices, PciAddress, VirtualFunction
+from sriovlib.models import AttachSnapshot, ContainerDevices, PciAddress, VfConfig, VirtualFunction
 
 __all__ = ["Preparer", "cdi_kind", "device_address", "device_name"]
+
+log = logging.getLogger("sriovlib.agent")
+
+#: The namespace a prepared VF's snapshot names: the host's (the VF stays there; the CNI
+#: plugin moves its netdev into the pod later, with its own snapshot).
+_HOST_NETNS = "/proc/1/ns/net"
 
 _DEVICE_NAME = re.compile(r"vf-([0-9a-f]{4,8})-([0-9a-f]{2})-([0-9a-f]{2})-([0-7])")
 _ENV_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
@@ -142,8 +159,12 @@ class Preparer:
                         f"claim uid {ref.uid} was prepared as {record.claim.namespace}/"
                         f"{record.claim.name}, not {ref.namespace}/{ref.name}"
                     )
-                self._write_spec(Path(record.cdi_spec), record.spec, only_if_missing=True)
-                return record
+                if record.complete:
+                    self._write_spec(Path(record.cdi_spec), record.spec, only_if_missing=True)
+                    return record
+                # a prepare that was cut short (the agent killed): put the VFs back first
+                self._restore(record)
+                self.store.remove(ref.uid)
             claim = parse_resource_claim(
                 self.claims.resource_claim(ref.namespace, ref.name), self.driver
             )
@@ -153,6 +174,10 @@ class Preparer:
                     f"not {ref.uid}: the claim was deleted and made again"
                 )
             record = self._prepare(ref, claim)
+            if any(d.previous is not None for d in record.devices):
+                self.store.put(record)  # the VFs' previous state, before any change
+                self._apply(record)
+            record = attrs.evolve(record, complete=True)
             self._write_spec(Path(record.cdi_spec), record.spec)
             self.store.put(record)
             return record
@@ -166,6 +191,8 @@ class Preparer:
             raise ClaimError(problem)
         with self._lock:
             record = self.store.get(ref.uid)
+            if record is not None:
+                self._restore(record)  # raises, keeping the record, if it cannot
             path = Path(record.cdi_spec) if record is not None else self.spec_path(ref.uid)
             path.unlink(missing_ok=True)
             return self.store.remove(ref.uid)
@@ -208,6 +235,12 @@ class Preparer:
         prepared = []
         for device, vf, settings, needs in found:
             name = f"{ref.uid}-{device.device}"
+            previous = None
+            if settings.vf_config.fields():
+                # what unprepare restores, read now and changing nothing (the CNI's
+                # snapshot: the VF's settings through its PF, its netdev on the host)
+                snapshot = self.host.snapshot(vf, _HOST_NETNS, vf.netdev or str(vf.address))
+                previous = snapshot.to_dict()
             cdi_devices.append(
                 {"name": name, "containerEdits": self._edits(device.request, by_request, needs)}
             )
@@ -219,6 +252,7 @@ class Preparer:
                     address=vf.address,
                     cdi_device_ids=(f"{kind}={name}",),
                     settings=settings.to_json(),
+                    previous=previous,
                 )
             )
         spec = {"cdiVersion": CDI_VERSION, "kind": kind, "devices": cdi_devices}
@@ -229,7 +263,67 @@ class Preparer:
             cdi_spec=str(self.spec_path(ref.uid)),
             spec=spec,
             prepared_at=datetime.now(UTC),
+            complete=False,
         )
+
+    def _apply(self, record: PreparedClaim) -> None:
+        """Apply each device's VF settings through the host (``Host.configure_vf``: only
+        what differs, verified, its own steps undone if one fails). If a device fails,
+        the devices done before it are restored, the record dropped, and the error
+        raised with a note saying how the restore went."""
+        for device in record.devices:
+            if device.previous is None:
+                continue
+            try:
+                self.host.configure_vf(device.address, _vf_config(device.settings))
+            except (SriovError, OSError) as e:
+                try:
+                    self._restore(record)
+                except (SriovError, OSError) as again:
+                    e.add_note(f"restoring the claim's VFs failed too (kept for a retry): {again}")
+                else:
+                    self.store.remove(record.claim.uid)
+                raise
+            log.info(
+                "VF settings applied",
+                extra={"vf": str(device.address), "settings": dict(device.settings)},
+            )
+
+    def _restore(self, record: PreparedClaim) -> None:
+        """Put every device of *record* back as it was before its settings (the CNI's
+        release of a snapshot: only what differs is written, so again is harmless);
+        every device is tried, the first failure raised with the others as notes."""
+        failures: list[Exception] = []
+        for device in reversed(record.devices):
+            if device.previous is None:
+                continue
+            try:
+                snapshot = AttachSnapshot.from_dict(dict(device.previous))
+            except (ValueError, TypeError, KeyError) as e:
+                failures.append(StoreError(f"the record of {device.address}: {e}"))
+                continue
+            try:
+                self.host.vf(device.address)
+            except DeviceNotFound:
+                log.warning("VF gone: nothing to restore", extra={"vf": str(device.address)})
+                continue
+            try:
+                report = self.host.release(snapshot)
+            except (SriovError, OSError) as e:
+                failures.append(e)
+                continue
+            for warning in report.warnings:
+                log.warning("VF restore", extra={"vf": str(device.address), "problem": warning})
+            if report.restored:
+                log.info(
+                    "VF settings restored",
+                    extra={"vf": str(device.address), "restored": list(report.restored)},
+                )
+        if failures:
+            first = failures[0]
+            for other in failures[1:]:
+                first.add_note(str(other))
+            raise first
 
     def _vf(self, address: PciAddress, where: str) -> VirtualFunction:
         try:
@@ -288,6 +382,12 @@ class Preparer:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(spec, indent=1, sort_keys=True).encode() + b"\n", 0o644)
+
+
+def _vf_config(settings: Mapping[str, Any]) -> VfConfig:
+    """The VF settings of a record's ``settings`` (``VfSettings.to_json``) as a VfConfig."""
+    names = {f.name for f in attrs.fields(VfConfig)}
+    return VfConfig(**{k: v for k, v in settings.items() if k in names})
 
 
 def _info(vf: VirtualFunction, needs: ContainerDevices) -> dict[str, Any]:

@@ -13,7 +13,8 @@ dead writer is removed by the next one.
 The record holds the claim (namespace, name, UID), each device (request, pool, device
 name, PCI address, CDI device IDs, the VF settings its configuration asked for), the
 CDI spec file's name and its whole content, so the spec can be written again from the
-record alone.
+record alone; and for a claim that asked for VF settings, each VF's state before they
+were applied (``previous``), written before the first change with ``complete`` false.
 """
 
 from __future__ import annotations
@@ -52,9 +53,12 @@ class PreparedDevice:
     address: PciAddress
     cdi_device_ids: tuple[str, ...]
     settings: Mapping[str, Any] = attrs.field(factory=dict, eq=False)
+    #: The VF as it was before its settings were applied (``AttachSnapshot.to_dict``),
+    #: what unprepare restores; None when the claim asked for no VF setting.
+    previous: Mapping[str, Any] | None = attrs.field(default=None, eq=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "request": self.request,
             "pool": self.pool,
             "device": self.device,
@@ -62,6 +66,9 @@ class PreparedDevice:
             "cdiDeviceIDs": list(self.cdi_device_ids),
             "settings": dict(self.settings),
         }
+        if self.previous is not None:
+            data["previous"] = dict(self.previous)
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PreparedDevice:
@@ -72,6 +79,7 @@ class PreparedDevice:
             address=PciAddress.parse(str(data["address"])),
             cdi_device_ids=tuple(str(i) for i in data["cdiDeviceIDs"]),
             settings=dict(data.get("settings", {})),
+            previous=dict(data["previous"]) if data.get("previous") is not None else None,
         )
 
 
@@ -85,10 +93,15 @@ class PreparedClaim:
     cdi_spec: str
     spec: Mapping[str, Any] = attrs.field(eq=False)
     prepared_at: datetime = attrs.field(eq=False)
+    #: False while the prepare is under way: the VFs' previous state is on disk, their
+    #: settings may be half applied and the spec may not be written yet. A record found
+    #: so (the agent was killed) is restored and prepared again, or restored at unprepare.
+    complete: bool = attrs.field(default=True, eq=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "format": RECORD_FORMAT,
+            "complete": self.complete,
             "driver": self.driver,
             "claim": {
                 "namespace": self.claim.namespace,
@@ -114,6 +127,7 @@ class PreparedClaim:
             cdi_spec=str(data["cdiSpecFile"]),
             spec=dict(data["cdiSpec"]),
             prepared_at=datetime.fromisoformat(str(data["preparedAt"])),
+            complete=bool(data.get("complete", True)),
         )
 
 
