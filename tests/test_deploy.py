@@ -6,7 +6,10 @@ the agent's arguments). The kube tier has the real API server judge them too
 
 from __future__ import annotations
 
+import copy
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -214,3 +217,159 @@ def test_the_committed_schemas_are_current(tmp_path: Path) -> None:
         [sys.executable, str(ROOT / "scripts" / "gen-k8s-schemas"), str(out)], check=True
     )
     assert out.read_text() == (ROOT / "tests" / "data" / "k8s-schemas.json").read_text()
+
+
+# -- deploy/dra: the DRA Component over the default install -----------------------------------
+
+DRA = DEPLOY / "dra"
+_CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+
+
+def _json_patch(doc: dict[str, Any], ops: list[dict[str, Any]]) -> None:
+    """Apply RFC 6902 ``add`` and ``replace`` operations to *doc* in place."""
+    for op in ops:
+        *parents, last = op["path"].lstrip("/").split("/")
+        node: Any = doc
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        value = copy.deepcopy(op["value"])
+        if op["op"] == "replace":
+            assert (int(last) < len(node)) if isinstance(node, list) else last in node, op
+        else:
+            assert op["op"] == "add", op
+        if isinstance(node, list):
+            if last == "-":
+                node.append(value)
+            elif op["op"] == "add":
+                node.insert(int(last), value)
+            else:
+                node[int(last)] = value
+        else:
+            node[last] = value
+
+
+def _matches(doc: dict[str, Any], target: dict[str, Any]) -> bool:
+    group, _, version = doc["apiVersion"].rpartition("/")
+    return (
+        doc["kind"] == target.get("kind", doc["kind"])
+        and doc["metadata"]["name"] == target.get("name", doc["metadata"]["name"])
+        and group == target.get("group", group)
+        and version == target.get("version", version)
+    )
+
+
+def rendered_dra() -> list[dict[str, Any]]:
+    """What ``kustomize build`` makes of a kustomization with ``resources: [deploy]`` and
+    ``components: [deploy/dra]``, built here from the files (the base's resources in the
+    base's namespace, the Component's resources, its JSON patches applied), so the
+    checks need no kustomize; one test compares it with kubectl's when there is one."""
+    base = documents(DEPLOY / "kustomization.yaml")[0]
+    objects = []
+    for name in base["resources"]:
+        for doc in documents(DEPLOY / name):
+            if doc["kind"] not in _CLUSTER_SCOPED:
+                doc["metadata"]["namespace"] = base["namespace"]
+            objects.append(doc)
+    component = documents(DRA / "kustomization.yaml")[0]
+    assert (component["apiVersion"], component["kind"]) == (
+        "kustomize.config.k8s.io/v1alpha1",
+        "Component",
+    )
+    assert set(component) <= {"apiVersion", "kind", "resources", "patches"}
+    for name in component["resources"]:
+        objects += documents(DRA / name)
+    for patch in component["patches"]:
+        targets = [doc for doc in objects if _matches(doc, patch["target"])]
+        assert len(targets) == 1, patch["target"]
+        _json_patch(targets[0], yaml.safe_load(patch["patch"]))
+    return objects
+
+
+def dra_kind(kind: str) -> dict[str, Any]:
+    (doc,) = [doc for doc in rendered_dra() if doc["kind"] == kind]
+    return doc
+
+
+def test_the_dra_component_renders_as_kubectl_kustomize_does(tmp_path: Path) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("no kubectl: the rendering is checked as built by the test only")
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(DEPLOY, tmp_path)],
+                "components": [os.path.relpath(DRA, tmp_path)],
+            }
+        )
+    )
+    out = subprocess.run(
+        [kubectl, "kustomize", str(tmp_path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+
+    def keyed(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+        return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+    assert keyed(list(yaml.safe_load_all(out.stdout))) == keyed(rendered_dra())
+
+
+@pytest.mark.parametrize(
+    "doc", rendered_dra(), ids=lambda d: f"{d['kind']}/{d['metadata']['name']}"
+)
+def test_every_object_of_the_dra_install_fits_the_api(doc: dict[str, Any]) -> None:
+    assert [] == problems(doc, kind_schema(doc["kind"]))
+
+
+def test_the_dra_agent_takes_its_arguments_mounts_and_token() -> None:
+    daemonset = dra_kind("DaemonSet")
+    spec = daemonset["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    # NODE_NAME from the downward API, expanded by the kubelet in the arguments
+    (env,) = container["env"]
+    assert env == {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
+    argv = [
+        a.replace("$(NODE_NAME)", "node1") for a in (*container["command"][1:], *container["args"])
+    ]
+    args = build_parser().parse_args(argv)
+    assert args.dra
+    assert args.node_name == "node1"
+    assert args.dra_pools is None  # every pool to DRA: none also a device-plugin resource
+    assert args.kubeconfig is None  # the pod's service account
+    # the token is mounted (the pod's setting wins over the ServiceAccount's false)
+    assert spec["automountServiceAccountToken"] is True
+    # the kubelet's directories, the node's own paths
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+    for path in (args.dra_registry_dir, args.dra_plugins_dir, args.cdi_dir):
+        assert mounts[str(path)]["hostPath"]["path"] == str(path), path
+    assert str(args.dra_registry_dir) == "/var/lib/kubelet/plugins_registry"
+    assert str(args.dra_plugins_dir) == "/var/lib/kubelet/plugins"
+    assert str(args.cdi_dir) == "/var/run/cdi"
+    # what the default install has, the DRA one keeps
+    base = by_kind("DaemonSet")["spec"]["template"]["spec"]
+    assert base["containers"][0]["args"] == container["args"][: len(base["containers"][0]["args"])]
+    assert {m["mountPath"] for m in base["containers"][0]["volumeMounts"]} < set(mounts)
+    # the RBAC is bound to the agent's ServiceAccount in its namespace
+    (subject,) = dra_kind("ClusterRoleBinding")["subjects"]
+    assert subject == {
+        "kind": "ServiceAccount",
+        "name": spec["serviceAccountName"],
+        "namespace": daemonset["metadata"]["namespace"],
+    }
+    assert (
+        dra_kind("ClusterRoleBinding")["roleRef"]["name"]
+        == dra_kind("ClusterRole")["metadata"]["name"]
+    )
+
+
+def test_the_default_install_stays_without_dra() -> None:
+    spec = by_kind("DaemonSet")["spec"]["template"]["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    assert "--dra" not in spec["containers"][0]["args"]
+    assert "dra" not in documents(DEPLOY / "kustomization.yaml")[0]["resources"]
