@@ -158,6 +158,10 @@ def test_dra_pools_are_not_registered_with_the_device_plugin_api_and_only_they_a
     wanted = names_of(MLX, agent) | names_of(DPDK, agent)
     assert api.wait_published(lambda found: found == wanted) == wanted
     assert not names_of(NET, agent) & api.published()  # no VF of the pool in a slice
+    # the orphan reclaim asks the pod-resources API only about device-plugin VFs: it
+    # does not list a VF a claim holds, which must not look like an orphan
+    served = agent.reclaimer.served()
+    assert {name_of(i) for i in served} == names_of(NET, agent)
 
 
 def test_dra_alone_means_every_pool(

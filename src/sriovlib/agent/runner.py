@@ -199,7 +199,11 @@ class Agent:
                 if options.pod_resources_socket is not None
                 else None
             ),
-            served=lambda: {d.id for r in self.resources for d in r.devices()},
+            # only device-plugin pools: the pod-resources API lists what the kubelet
+            # granted through them; a DRA VF's holder is a claim, which it does not list
+            served=lambda: {
+                d.id for r in self.resources if not self.options.for_dra(r) for d in r.devices()
+            },
         )
         self.cni: CniServer | None = None
         self.dra: DraPlugin | None = None
