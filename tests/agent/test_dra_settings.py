@@ -229,3 +229,50 @@ def test_an_agent_killed_mid_prepare_restores_on_the_retry_or_the_unprepare(
         assert client.unprepare(ref).claims[ref.uid].error == ""
     assert {a: state(node, a) for a in before} == before
     assert not has_record(node, ref.uid)
+
+
+def test_a_vfio_vf_gets_its_pf_side_settings_too(
+    node: Node, claims: FakeClaims, kubelet: DraKubeletStandIn, start_plugin: StartPlugin
+) -> None:
+    """A DPDK VF has no netdev: its VLAN and spoof checking are the PF's, set and put
+    back all the same."""
+    vfio_vf = "0000:5e:01.0"
+    start_plugin()
+    before = state(node, vfio_vf)
+    ref = claims.add(
+        resource_claim(
+            "dpdk",
+            devices=[("vf", "node", name_of(vfio_vf))],
+            config=[{"parameters": {"vlan": 10, "spoofchk": "off", "driver": "vfio-pci"}}],
+        )
+    )
+    client = kubelet.register()
+    assert client.prepare(ref).claims[ref.uid].error == ""
+    got = state(node, vfio_vf)
+    assert (got.vlan, got.spoofchk) == (10, False)
+    assert record_of(node, ref.uid)["devices"][0]["previous"]["host_name"] is None
+    assert client.unprepare(ref).claims[ref.uid].error == ""
+    assert state(node, vfio_vf) == before
+
+
+def test_a_damaged_snapshot_brings_the_vf_to_safe_defaults_at_unprepare(
+    node: Node, claims: FakeClaims, kubelet: DraKubeletStandIn, start_plugin: StartPlugin
+) -> None:
+    """As the attachment service does when a snapshot cannot be used: the unprepare is
+    not stuck on it, and the VF keeps none of the claim's settings."""
+    start_plugin()
+    ref = claims.add(
+        resource_claim("vlan", devices=[("vf", "node", name_of(NET_VF))],
+                       config=[{"parameters": SETTINGS}])
+    )  # fmt: skip
+    client = kubelet.register()
+    assert client.prepare(ref).claims[ref.uid].error == ""
+    path = node.tmp / "state" / "dra" / DRIVER / "claims" / f"{ref.uid}.json"
+    record = json.loads(path.read_text())
+    record["devices"][0]["previous"]["vf_index"] = "not a number"
+    path.write_text(json.dumps(record))
+    assert client.unprepare(ref).claims[ref.uid].error == ""
+    got = state(node, NET_VF)
+    assert (got.vlan, got.qos, got.spoofchk, got.trust, got.max_tx_rate) == (0, 0, True, False, 0)
+    assert got.mac == "00:00:00:00:00:00"
+    assert not has_record(node, ref.uid)

@@ -58,7 +58,6 @@ from sriovlib.agent.draclaims import (
 )
 from sriovlib.agent.drastore import PreparedClaim, PreparedClaims, PreparedDevice
 from sriovlib.agent.grants import CDI_VERSION
-from sriovlib.allocation import StoreError
 from sriovlib.exceptions import DeviceNotFound, SriovError
 from sriovlib.host import Host
 from sriovlib.models import AttachSnapshot, ContainerDevices, PciAddress, VfConfig, VirtualFunction
@@ -239,7 +238,8 @@ class Preparer:
             if settings.vf_config.fields():
                 # what unprepare restores, read now and changing nothing (the CNI's
                 # snapshot: the VF's settings through its PF, its netdev on the host)
-                snapshot = self.host.snapshot(vf, _HOST_NETNS, vf.netdev or str(vf.address))
+                ifname = vf.netdev or f"vf{vf.index}"  # a netdev name; unused without one
+                snapshot = self.host.snapshot(vf, _HOST_NETNS, ifname)
                 previous = snapshot.to_dict()
             cdi_devices.append(
                 {"name": name, "containerEdits": self._edits(device.request, by_request, needs)}
@@ -298,17 +298,22 @@ class Preparer:
             if device.previous is None:
                 continue
             try:
-                snapshot = AttachSnapshot.from_dict(dict(device.previous))
-            except (ValueError, TypeError, KeyError) as e:
-                failures.append(StoreError(f"the record of {device.address}: {e}"))
-                continue
-            try:
                 self.host.vf(device.address)
             except DeviceNotFound:
                 log.warning("VF gone: nothing to restore", extra={"vf": str(device.address)})
                 continue
             try:
-                report = self.host.release(snapshot)
+                try:
+                    snapshot = AttachSnapshot.from_dict(dict(device.previous))
+                except (ValueError, TypeError, KeyError) as e:
+                    # as the attachment service does with a snapshot it cannot use
+                    log.warning(
+                        "damaged snapshot in the record: VF reset to safe defaults",
+                        extra={"vf": str(device.address), "error": str(e)},
+                    )
+                    report = self.host.reset_vf(device.address)
+                else:
+                    report = self.host.release(snapshot)
             except (SriovError, OSError) as e:
                 failures.append(e)
                 continue
