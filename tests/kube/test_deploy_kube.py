@@ -5,6 +5,7 @@ tests/test_deploy.py."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,36 @@ def test_the_example_nad_passes_a_server_side_dry_run(kube_cluster: KubeCluster)
     nad = json.loads(out)
     assert nad["kind"] == "NetworkAttachmentDefinition"
     assert json.loads(nad["spec"]["config"])["type"] == "sriov"
+
+
+def test_the_dra_component_passes_a_server_side_dry_run(
+    kube_cluster: KubeCluster, tmp_path: Path
+) -> None:
+    """deploy/ with the deploy/dra Component, as its comment says to use it: the RBAC
+    and the patched DaemonSet are accepted as they would be created."""
+    kube_cluster.kubectl("create", "namespace", "sriovlib", check=False)
+    (tmp_path / "kustomization.yaml").write_text(
+        json.dumps(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(DEPLOY, tmp_path)],
+                "components": [os.path.relpath(DEPLOY / "dra", tmp_path)],
+            }
+        )
+    )
+    out = kube_cluster.kubectl("apply", "-k", str(tmp_path), "--dry-run=server", "-o", "json")
+    items = json.loads(out)["items"]
+    kinds = {(item["kind"], item["metadata"]["name"]) for item in items}
+    assert {
+        ("ClusterRole", "sriovlib-agent-dra"),
+        ("ClusterRoleBinding", "sriovlib-agent-dra"),
+        ("DaemonSet", "sriovlib-agent"),
+    } <= kinds
+    (daemonset,) = [item for item in items if item["kind"] == "DaemonSet"]
+    (agent,) = [
+        c for c in daemonset["spec"]["template"]["spec"]["containers"] if c["name"] == "agent"
+    ]
+    assert "--dra" in agent["args"]
+    with pytest.raises(KubeError):  # and nothing was stored
+        kube_cluster.get("clusterrole", "sriovlib-agent-dra")
