@@ -7,20 +7,26 @@ service keep under the state directory.
   (0600 by default);
 - :func:`read_private` reads a regular file without following a symlink, at most a
   bounded number of bytes; :func:`read_bounded` and :func:`read_stream` bound what the
-  CLI and sysfs read (a config, ``pci.ids``, a sysfs attribute, standard input).
+  CLI and sysfs read (a config, ``pci.ids``, a sysfs attribute, standard input);
+- :func:`locked_dir` holds a private directory's ``.lock`` file under ``flock``
+  (shared or exclusive), the way every store under the state directory serialises.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = [
     "MAX_STATE_FILE",
     "TEMP_PREFIX",
     "WrongKind",
+    "locked_dir",
     "private_dir",
     "read_bounded",
     "read_private",
@@ -65,6 +71,20 @@ def sync_directory(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def locked_dir(directory: Path, *, exclusive: bool) -> Iterator[None]:
+    """Hold *directory*'s ``.lock`` under ``flock``, exclusive or shared, made private
+    first (:func:`private_dir`); the lock file is created 0600 and never followed."""
+    private_dir(directory)
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(directory / ".lock", flags, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
     finally:
         os.close(fd)
 

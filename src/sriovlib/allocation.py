@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import enum
 import errno
-import fcntl
 import functools
 import hashlib
 import json
@@ -31,14 +30,14 @@ import re
 import stat
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import attrs
 
-from sriovlib._files import TEMP_PREFIX, private_dir, read_private, sync_directory, write_atomic
+from sriovlib._files import TEMP_PREFIX, locked_dir, read_private, sync_directory, write_atomic
 from sriovlib.exceptions import SriovError
 from sriovlib.models import PciAddress
 from sriovlib.sysfs import check_netdev_name
@@ -65,7 +64,6 @@ DEFAULT_DIRECTORY = Path("/var/lib/sriovlib/allocations")
 #: Version of the record format, written into every record.
 RECORD_FORMAT = 1
 
-_LOCK = ".lock"
 _RECORD_NAME = re.compile(
     r"(?P<vf>[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])@(?P<key>[0-9a-f]{24})\.json"
 )
@@ -660,17 +658,8 @@ class AllocationStore:
         netns = record.owner.netns
         return netns is not None and not self._netns_exists(netns)
 
-    @contextmanager
-    def _locked(self, *, exclusive: bool) -> Iterator[None]:
-        private_dir(self.directory)
-        fd = os.open(
-            self.directory / _LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            yield
-        finally:
-            os.close(fd)
+    def _locked(self, *, exclusive: bool) -> AbstractContextManager[None]:
+        return locked_dir(self.directory, exclusive=exclusive)
 
     def _entries(self, *, clean: bool = False) -> list[_Entry]:
         """The record files, from one directory listing.

@@ -19,18 +19,17 @@ were applied (``previous``), written before the first change with ``complete`` f
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from sriovlib._files import TEMP_PREFIX, private_dir, read_private, sync_directory, write_atomic
+from sriovlib._files import TEMP_PREFIX, locked_dir, read_private, sync_directory, write_atomic
 from sriovlib.agent.draclaims import ClaimRef
 from sriovlib.allocation import StoreError
 from sriovlib.models import PciAddress
@@ -39,8 +38,6 @@ __all__ = ["RECORD_FORMAT", "PreparedClaim", "PreparedClaims", "PreparedDevice"]
 
 #: The version of the record format, written into every record.
 RECORD_FORMAT = 1
-
-_LOCK = ".lock"
 
 
 @attrs.frozen
@@ -217,14 +214,5 @@ class PreparedClaims:
             if name.startswith(TEMP_PREFIX):
                 (self.directory / name).unlink(missing_ok=True)
 
-    @contextmanager
-    def _locked(self, *, exclusive: bool) -> Iterator[None]:
-        private_dir(self.directory)
-        fd = os.open(
-            self.directory / _LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            yield
-        finally:
-            os.close(fd)
+    def _locked(self, *, exclusive: bool) -> AbstractContextManager[None]:
+        return locked_dir(self.directory, exclusive=exclusive)
