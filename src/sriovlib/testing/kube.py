@@ -39,9 +39,12 @@ machine (the igb VM, whose root file system is an overlay that vanishes with it)
   container mounting it can run them) and ``/etc/cni/net.d``. Refused unless ``/`` is
   an overlay;
 - ``controllers=True``: kube-controller-manager (the DaemonSet, garbage-collector,
-  namespace and node-lifecycle controllers) and kube-scheduler run too, so a DaemonSet
-  gets its pods and :meth:`KubeCluster.pod` with ``scheduled=True`` leaves placement to
-  the scheduler.
+  namespace, node-lifecycle and resource-claim controllers) and kube-scheduler run too, so
+  a DaemonSet gets its pods, a pod's ResourceClaimTemplate its ResourceClaim, and
+  :meth:`KubeCluster.pod` with ``scheduled=True`` leaves placement to the scheduler.
+  :meth:`KubeCluster.start_controllers` starts them on a cluster started without them
+  (a test module sharing the session's cluster), :meth:`KubeCluster.stop_controllers`
+  stops them again.
 
 *images* are more OCI archives imported into containerd at start (the agent's image).
 """
@@ -499,9 +502,10 @@ state = "{run}/containerd/state"
                 *common,
                 f"--secure-port={self._ports['controllers']}",
                 f"--cert-dir={pki / 'controller-manager'}",
-                # node-lifecycle: lifts the not-ready taint the kubelet registers with
+                # node-lifecycle: lifts the not-ready taint the kubelet registers with;
+                # resourceclaim: a pod's claims from its ResourceClaimTemplates (DRA)
                 "--controllers=daemonset-controller,garbage-collector-controller,"
-                "namespace-controller,node-lifecycle-controller",
+                "namespace-controller,node-lifecycle-controller,resourceclaim-controller",
                 "--use-service-account-credentials=false",
             ],
         )
@@ -521,6 +525,19 @@ state = "{run}/containerd/state"
             url = f"https://127.0.0.1:{self._ports[port]}/healthz"
             self._wait(f"{name}'s /healthz", functools.partial(_healthy, url), 90, name)
         self._timed("kube-controller-manager and kube-scheduler ready", started)
+
+    def start_controllers(self) -> None:
+        """Start kube-controller-manager and kube-scheduler on the running cluster, if
+        they do not run (it was started without *controllers*, or they were stopped)."""
+        if "kube-scheduler" not in self._procs:
+            self._start_controllers()
+            self.controllers = True
+
+    def stop_controllers(self) -> None:
+        """Stop kube-controller-manager and kube-scheduler; the rest keeps running."""
+        for name in ("kube-scheduler", "kube-controller-manager"):
+            self._terminate(name)
+        self.controllers = False
 
     def api_get(self, path: str) -> str:
         """GET *path* on the API server as admin; the body as text."""
