@@ -292,3 +292,20 @@ def test_sriovlib_agent_dra_pools_option(tmp_path: Path) -> None:
     assert agent.returncode == 0, stderr
     assert "pool served as DRA devices" in stderr
     assert "no_such_pool" in stderr
+
+
+def test_slices_wiped_by_a_kubelet_registering_the_driver_again_are_back_at_once(
+    node: Node, api: MemoryApi, start_dra: StartDra
+) -> None:
+    """A kubelet that starts registers the driver again and deletes every slice of its
+    node, in the background: before the registration or after it. Either way the slices
+    are back within seconds, not at the publisher's 30-second re-check."""
+    start_dra()
+    wanted = api.wait_published(bool)
+    with DraKubeletStandIn(node.tmp / "plugins_registry") as kubelet:
+        api.slices.clear()  # the wipe before the registration
+        kubelet.register(DRIVER)
+        assert api.wait_published(lambda found: found == wanted, timeout=5) == wanted
+        time.sleep(0.5)
+        api.slices.clear()  # the wipe after it
+        assert api.wait_published(lambda found: found == wanted, timeout=5) == wanted

@@ -124,8 +124,11 @@ class DraOptions:
 class RegistrationService(reg_grpc.RegistrationServicer):
     """``pluginregistration.Registration`` for one DRA driver."""
 
-    def __init__(self, options: DraOptions) -> None:
+    def __init__(
+        self, options: DraOptions, *, on_registered: Callable[[], None] | None = None
+    ) -> None:
         self.options = options
+        self.on_registered = on_registered
         self._cond = threading.Condition()
         #: The kubelet's verdicts, in order: (registered, error).
         self.statuses: list[tuple[bool, str]] = []
@@ -143,6 +146,8 @@ class RegistrationService(reg_grpc.RegistrationServicer):
     ) -> reg.RegistrationStatusResponse:
         if request.plugin_registered:
             log.info("DRA driver registered", extra={"driver": self.options.driver_name})
+            if self.on_registered is not None:
+                self.on_registered()
         else:
             log.error(
                 "DRA driver registration failed",
@@ -247,6 +252,8 @@ class DraPlugin:
         options: Names and directories.
         refusal: Why a VF may not be prepared (it is in no pool given to DRA), or None
             when it may; without it any VF of the node may be.
+        on_registered: Called when the kubelet says it registered the driver (at its
+            every start).
     """
 
     def __init__(
@@ -256,6 +263,7 @@ class DraPlugin:
         options: DraOptions,
         *,
         refusal: Callable[[PciAddress], str | None] | None = None,
+        on_registered: Callable[[], None] | None = None,
     ) -> None:
         self.options = options
         self.preparer = Preparer(
@@ -266,7 +274,7 @@ class DraPlugin:
             driver=options.driver_name,
             refusal=refusal,
         )
-        self.registration = RegistrationService(options)
+        self.registration = RegistrationService(options, on_registered=on_registered)
         self.service = DraService(self.preparer)
         self._servers: list[tuple[grpc.Server, Path]] = []
 

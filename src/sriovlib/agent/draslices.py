@@ -67,6 +67,7 @@ from sriovlib.pools import DeviceKind
 
 __all__ = [
     "MAX_DEVICES_PER_SLICE",
+    "REGISTERED_WINDOW",
     "SLICES",
     "VERIFY_INTERVAL",
     "SlicePublisher",
@@ -82,6 +83,10 @@ MAX_DEVICES_PER_SLICE = 128
 #: Seconds between two checks that the published slices are still as written (a
 #: kubelet that starts deletes every slice of its node).
 VERIFY_INTERVAL = 30.0
+#: Seconds after the kubelet registered the driver during which every sync checks the
+#: slices: a kubelet that starts registers the driver again and, in the background
+#: and perhaps after that, deletes every slice of its node.
+REGISTERED_WINDOW = 60.0
 
 Attributes = dict[str, dict[str, Any]]
 
@@ -150,6 +155,7 @@ class SlicePublisher:
         self._slices: dict[str, str] = {}  # name -> resourceVersion
         self._started = False
         self._verified = 0.0
+        self._verify_until = 0.0  # every sync verifies until then (monotonic)
 
     @property
     def pool(self) -> str:
@@ -168,13 +174,21 @@ class SlicePublisher:
                 return True
             return self._attempt(self._start)
 
+    def registered(self, window: float = REGISTERED_WINDOW) -> None:
+        """The kubelet (re)registered the driver: check the slices at every sync for
+        the next *window* seconds, not every ``VERIFY_INTERVAL``. A kubelet that
+        restarts deletes all of its node's slices, perhaps seconds after it registered
+        the driver again; the node would have no devices for up to ``VERIFY_INTERVAL``."""
+        self._verify_until = time.monotonic() + window
+
     def sync(self) -> bool:
         """Publish if the devices changed since the last publication (or it failed);
         True if slices were written."""
         with self._lock:
             seen = self._fingerprint()
             if self._started and seen == self._seen:
-                if time.monotonic() - self._verified < VERIFY_INTERVAL:
+                now = time.monotonic()
+                if now >= self._verify_until and now - self._verified < VERIFY_INTERVAL:
                     return False
                 return self._attempt(self._verify)
             return self._attempt(self._start if not self._started else self._publish)

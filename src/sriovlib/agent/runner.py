@@ -211,7 +211,13 @@ class Agent:
         if options.dra is not None:
             if claims is None:
                 claims = ApiServerClaims(api) if api is not None else NoApiServer()
-            self.dra = DraPlugin(host, claims, options.dra, refusal=self._dra_refusal)
+            self.dra = DraPlugin(
+                host,
+                claims,
+                options.dra,
+                refusal=self._dra_refusal,
+                on_registered=self._dra_registered,
+            )
             if api is not None:
                 if not node_name:
                     raise ValueError("publishing ResourceSlices needs the node's name")
@@ -228,6 +234,12 @@ class Agent:
     def dra_resources(self) -> list[Resource]:
         """The pools served as DRA devices (the rest are device-plugin resources)."""
         return [r for r in self.resources if self.options.for_dra(r)]
+
+    def _dra_registered(self) -> None:
+        """The kubelet registered the DRA driver: if it just started, it is about to
+        delete the node's slices; the publisher checks them at every wake-up a while."""
+        if self.slices is not None:
+            self.slices.registered()
 
     def _dra_refusal(self, address: PciAddress) -> str | None:
         """Why the DRA driver may not prepare the VF at *address*, or None if it may."""
