@@ -353,6 +353,34 @@ def test_a_pod_with_a_claim_template_is_scheduled_prepared_running_then_unprepar
     cluster.kubectl("delete", "resourceclaimtemplate", "vf-on-pf1")
 
 
+def test_a_kubelet_restart_registers_the_driver_again_and_the_slices_come_back(
+    dra_cluster: KubeCluster, agent: AgentProcess, api: KubeClient
+) -> None:
+    """The kubelet deletes every slice of its node when it starts, and its plugin
+    watcher registers the driver again from the socket left in plugins_registry: the
+    slices are back within seconds (the agent checks them at every wake-up after a
+    registration), not at its 30-second re-check."""
+    cluster = dra_cluster
+    changed = "ResourceSlices changed by someone else: publishing them again"
+    before, seen = len(agent.events("DRA driver registered")), len(agent.events(changed))
+    started = time.monotonic()
+    cluster.restart_kubelet()
+    agent.wait_event("DRA driver registered", count=before + 1, timeout=60)
+    registered = time.monotonic() - started
+
+    def wiped_and_back() -> bool:
+        published = len(node_devices(api, cluster.node_name)) == NET_VFS
+        return published and len(agent.events(changed)) > seen
+
+    wait_for("the slices wiped and back", wiped_and_back, timeout=25)
+    back = time.monotonic() - started
+    print(
+        f"\nkubelet restart: driver registered again {registered:.1f} s, "
+        f"slices back {back:.1f} s after the restart began"
+    )
+    assert back - registered < 10  # the re-check every 30 s would take 15 on average
+
+
 def test_a_claim_matching_no_device_leaves_its_pod_unschedulable(
     dra_cluster: KubeCluster, agent: AgentProcess
 ) -> None:
