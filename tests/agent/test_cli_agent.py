@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -36,6 +37,26 @@ def _args(tmp_path: Path, config: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def _start(args: list[str]) -> subprocess.Popen[str]:
+    """The agent as a process, its threads' stacks dumped on SIGABRT (see :func:`_stop`)."""
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    return subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _stop(agent: subprocess.Popen[str], timeout: float = 30) -> str:
+    """SIGTERM, then the agent's standard error once it has exited. One that has not
+    within *timeout* fails the test with every thread's stack (its stop is bounded)."""
+    agent.send_signal(signal.SIGTERM)
+    try:
+        return agent.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        agent.send_signal(signal.SIGABRT)
+        stderr = agent.communicate(timeout=10)[1]
+        pytest.fail(
+            f"no exit {timeout} s after SIGTERM; the agent's log and threads:\n{stderr[-8000:]}"
+        )
+
+
 def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, check=False, capture_output=True, text=True, timeout=60)
 
@@ -45,18 +66,15 @@ def test_serves_logs_json_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         tmp_path, {"resourceList": [{"resourceName": "net", "selectors": {"drivers": ["iavf"]}}]}
     )
     with KubeletStandIn(tmp_path / "dp") as kubelet:
-        agent = subprocess.Popen(
-            _args(tmp_path, config, "--log-format", "json", "--metrics-address", "127.0.0.1:0"),
-            stderr=subprocess.PIPE,
-            text=True,
+        agent = _start(
+            _args(tmp_path, config, "--log-format", "json", "--metrics-address", "127.0.0.1:0")
         )
         try:
             plugin = kubelet.wait_plugin("intel.com/net", timeout=30)
             assert len(plugin.wait_devices(lambda ds: len(ds) == 12)) == 12
             (container,) = plugin.allocate(["0000:5e:00.2"]).container_responses
             assert container.envs["PCIDEVICE_INTEL_COM_NET"] == "0000:5e:00.2"
-            agent.send_signal(signal.SIGTERM)
-            _, stderr = agent.communicate(timeout=20)
+            stderr = _stop(agent)
         finally:
             agent.kill()
     assert agent.returncode == 0
@@ -160,7 +178,7 @@ def test_the_agent_serves_the_cni_fast_path(tmp_path: Path) -> None:
     args = _args(tmp_path, config, "--log-format", "json", "--metrics-address", "127.0.0.1:0")
     args[args.index("--cni-socket") + 1] = str(socket_path)
     with KubeletStandIn(tmp_path / "dp") as kubelet:
-        agent = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+        agent = _start(args)
         try:
             kubelet.wait_plugin("intel.com/net", timeout=30)
             events: dict[str, dict[str, str]] = {}
@@ -189,8 +207,7 @@ def test_the_agent_serves_the_cni_fast_path(tmp_path: Path) -> None:
             metrics = _metrics(address)
             assert 'sriovlib_cni_seconds_count{command="VERSION"} 1.0' in metrics
             assert 'sriovlib_cni_errors_total{code="101",command="ADD"} 1.0' in metrics
-            agent.send_signal(signal.SIGTERM)
-            agent.communicate(timeout=20)
+            _stop(agent)
         finally:
             agent.kill()
     assert agent.returncode == 0
@@ -266,14 +283,13 @@ def test_policy_is_applied_before_registering(tmp_path: Path) -> None:
         "--log-format", "json",
     ]  # fmt: skip
     with KubeletStandIn(tmp_path / "dp") as kubelet:
-        agent = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+        agent = _start(args)
         try:
             a = kubelet.wait_plugin("intel.com/poolA", timeout=30)
             b = kubelet.wait_plugin("intel.com/poolB", timeout=30)
             assert len(a.wait_devices(lambda ds: len(ds) == 4)) == 4
             assert len(b.wait_devices(lambda ds: len(ds) == 4)) == 4
-            agent.send_signal(signal.SIGTERM)
-            _, stderr = agent.communicate(timeout=20)
+            stderr = _stop(agent)
         finally:
             agent.kill()
     assert agent.returncode == 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -464,6 +465,7 @@ class Agent:
     def stop(self) -> None:
         """Finish the CNI invocations under way, end the streams, stop supervising and
         serving, remove the sockets."""
+        began = time.monotonic()
         if self.dra is not None:
             self.dra.stop()
         if self.cni is not None:
@@ -478,4 +480,10 @@ class Agent:
                 self.supervisor.stop()
             for server in self.servers:
                 server.stop()
-        log.info("stopped", extra={"resources": [r.name for r in self.resources]})
+        log.info(
+            "stopped",
+            extra={
+                "resources": [r.name for r in self.resources],
+                "seconds": round(time.monotonic() - began, 3),
+            },
+        )
