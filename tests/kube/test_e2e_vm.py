@@ -289,6 +289,12 @@ def _host_side() -> dict[str, Any]:
     return {"multus": str(multus), "image": str(image)}
 
 
+def _device_env(log: str) -> dict[str, str]:
+    """The device plugin's variables a pod printed, one ``NAME=value`` a line (in the
+    order of its environment, which is not fixed)."""
+    return dict(line.split("=", 1) for line in log.splitlines() if line.startswith("PCIDEVICE_"))
+
+
 def _as_the_node_sees(vfs: dict[str, Any]) -> dict[str, Any]:
     """The VFs by what a restore must bring back: the netdev (its name and own MAC), the
     VLAN, and no admin MAC. igb reports a VF's own MAC once its driver has registered it
@@ -349,7 +355,7 @@ def test_the_seed_flow_on_a_real_vf(node: SriovVM) -> None:
         log = pod["log"]
         assert pod["node"] == "sriovlib-node"
         pci = log.split("PCI=", 1)[1].split()[0]
-        env = dict(line.split("=", 1) for line in log.splitlines() if line.startswith("PCIDEVICE"))
+        env = _device_env(log)
         # the device plugin's variables, as upstream's: Multus took the allocated VF
         name = "PCIDEVICE_INTEL_COM_SRIOV-NETDEVICE"
         assert set(env) == {name, f"{name}_INFO"}, env
@@ -370,7 +376,7 @@ def test_the_seed_flow_on_a_real_vf(node: SriovVM) -> None:
         assert again["own_change"] == {i: [0, ""] for i in before}, again["own_change"]
         second, other = again["second"], again["other"]
         second_pci = second["log"].split("PCI=", 1)[1].split()[0]
-        other_pci = other["log"].split("=", 1)[1].split()[0]
+        other_pci = _device_env(other["log"])["PCIDEVICE_INTEL_COM_SRIOV-NETDEVICE"]
         assert {second_pci, other_pci} == {vf["pci"] for vf in before.values()}
         assert f"MAC={NAD_MAC}" in second["log"]
         assert "inet 10.56.217." in second["log"]
