@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
 
+from sriovlib.agent.dra import DraOptions, DraPlugin
 from sriovlib.agent.runner import Agent, AgentOptions
 from sriovlib.host import Host
 from sriovlib.pools import parse_config
 from sriovlib.testing.builder import FakeSysfs
+from sriovlib.testing.drakubelet import FakeClaims
 from sriovlib.testing.fakenetlink import FakeNetlink
 from sriovlib.testing.kubelet import KubeletStandIn
 from sriovlib.testing.presets import build_example
@@ -97,3 +100,35 @@ def start_agent(node: Node) -> Iterator[StartAgent]:
     yield start
     for agent in agents:
         agent.stop()
+
+
+StartPlugin = Callable[..., DraPlugin]
+
+
+@pytest.fixture
+def claims() -> FakeClaims:
+    """The ResourceClaims a DRA plugin reads (what the API server would answer)."""
+    return FakeClaims()
+
+
+@pytest.fixture
+def start_plugin(node: Node, claims: FakeClaims) -> Iterator[StartPlugin]:
+    """Start a DRA plugin on the node (DraOptions changes as arguments); stopped at the end."""
+    plugins: list[DraPlugin] = []
+
+    def start(**changes: Any) -> DraPlugin:
+        options = DraOptions(
+            registry_dir=node.tmp / "plugins_registry",
+            plugins_dir=node.tmp / "plugins",
+            cdi_dir=node.tmp / "cdi",
+            state_dir=node.tmp / "state",
+            **changes,
+        )
+        plugin = DraPlugin(node.host, claims, options)
+        plugin.start()
+        plugins.append(plugin)
+        return plugin
+
+    yield start
+    for plugin in plugins:
+        plugin.stop()

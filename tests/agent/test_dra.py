@@ -10,7 +10,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,11 @@ from sriovlib.testing.drakubelet import (
     DraPluginClient,
     FakeClaims,
     Refused,
+    device_name_of,
     resource_claim,
 )
 
-from .conftest import Node
+from .conftest import Node, StartPlugin
 
 DRIVER = "sriov.sriovlib.io"
 KIND = "sriov.sriovlib.io/vf"
@@ -34,41 +35,6 @@ NET_VF = "0000:5e:00.2"  # iavf, netdev enp59s0f0v0
 NET_VF2 = "0000:5e:00.3"
 VFIO_VF = "0000:5e:01.0"  # vfio-pci, IOMMU group 19
 RDMA_VF = "0000:3b:00.2"  # mlx5_core with mlx5_1
-
-
-def name_of(address: str) -> str:
-    return "vf-" + address.replace(":", "-").replace(".", "-")
-
-
-StartPlugin = Callable[..., DraPlugin]
-
-
-@pytest.fixture
-def claims() -> FakeClaims:
-    return FakeClaims()
-
-
-@pytest.fixture
-def start_plugin(node: Node, claims: FakeClaims) -> Iterator[StartPlugin]:
-    """Start a DRA plugin on the node (options as arguments); stopped at the end."""
-    plugins: list[DraPlugin] = []
-
-    def start(**changes: Any) -> DraPlugin:
-        options = DraOptions(
-            registry_dir=node.tmp / "plugins_registry",
-            plugins_dir=node.tmp / "plugins",
-            cdi_dir=node.tmp / "cdi",
-            state_dir=node.tmp / "state",
-            **changes,
-        )
-        plugin = DraPlugin(node.host, claims, options)
-        plugin.start()
-        plugins.append(plugin)
-        return plugin
-
-    yield start
-    for plugin in plugins:
-        plugin.stop()
 
 
 @pytest.fixture
@@ -138,7 +104,7 @@ def test_stop_removes_both_sockets_and_keeps_the_record(
     node: Node, claims: FakeClaims, kubelet: DraKubeletStandIn, start_plugin: StartPlugin
 ) -> None:
     plugin = start_plugin()
-    ref = claims.add(resource_claim("net", devices=[("vf", "node", name_of(NET_VF))]))
+    ref = claims.add(resource_claim("net", devices=[("vf", "node", device_name_of(NET_VF))]))
     assert not kubelet.register().prepare(ref).claims[ref.uid].error
     plugin.stop()
     assert not plugin.options.registration_socket.exists()
@@ -155,20 +121,24 @@ def test_prepare_a_netdevice_vf_writes_a_cdi_spec_and_answers_its_id(
     start_plugin()
     ref = claims.add(
         resource_claim(
-            "net", devices=[("vf", "node-a", name_of(NET_VF)), ("vf", "node-a", name_of(NET_VF2))]
+            "net",
+            devices=[
+                ("vf", "node-a", device_name_of(NET_VF)),
+                ("vf", "node-a", device_name_of(NET_VF2)),
+            ],
         )
     )
     response = kubelet.register().prepare(ref)
     entry = response.claims[ref.uid]
     assert entry.error == ""
     assert [(list(d.request_names), d.pool_name, d.device_name) for d in entry.devices] == [
-        (["vf"], "node-a", name_of(NET_VF)),
-        (["vf"], "node-a", name_of(NET_VF2)),
+        (["vf"], "node-a", device_name_of(NET_VF)),
+        (["vf"], "node-a", device_name_of(NET_VF2)),
     ]
     ids = [list(d.cdi_device_ids) for d in entry.devices]
     assert ids == [
-        [f"{KIND}={ref.uid}-{name_of(NET_VF)}"],
-        [f"{KIND}={ref.uid}-{name_of(NET_VF2)}"],
+        [f"{KIND}={ref.uid}-{device_name_of(NET_VF)}"],
+        [f"{KIND}={ref.uid}-{device_name_of(NET_VF2)}"],
     ]
     spec = spec_of(node, ref.uid)
     assert spec["cdiVersion"] == "0.6.0"
@@ -193,7 +163,7 @@ def test_prepare_a_vfio_vf_gives_its_group_nodes(
     node: Node, claims: FakeClaims, kubelet: DraKubeletStandIn, start_plugin: StartPlugin
 ) -> None:
     start_plugin()
-    ref = claims.add(resource_claim("dpdk", devices=[("dpdk", "node", name_of(VFIO_VF))]))
+    ref = claims.add(resource_claim("dpdk", devices=[("dpdk", "node", device_name_of(VFIO_VF))]))
     assert kubelet.register().prepare(ref).claims[ref.uid].error == ""
     (device,) = spec_of(node, ref.uid)["devices"]
     nodes = {
@@ -213,10 +183,10 @@ def test_prepare_an_rdma_vf_gives_its_character_devices(
 ) -> None:
     start_plugin()
     client = kubelet.register()
-    ref = claims.add(resource_claim("rdma", devices=[("r", "node", name_of(RDMA_VF))]))
+    ref = claims.add(resource_claim("rdma", devices=[("r", "node", device_name_of(RDMA_VF))]))
     # an RDMA VF whose character devices are not on the node cannot be prepared
     assert client.prepare(ref).claims[ref.uid].error == (
-        f"claim default/rdma: device {name_of(RDMA_VF)} ({RDMA_VF}) of request 'r': "
+        f"claim default/rdma: device {device_name_of(RDMA_VF)} ({RDMA_VF}) of request 'r': "
         "device node missing on the node: /dev/infiniband/rdma_cm"
     )
     for cls, name in (("infiniband_verbs", "uverbs1"), ("infiniband_mad", "umad1")):
@@ -244,14 +214,21 @@ def test_requests_get_their_own_variables_and_other_drivers_devices_are_left_out
 ) -> None:
     start_plugin()
     claim = resource_claim(
-        "two", devices=[("net-a", "node", name_of(NET_VF)), ("net-b", "node", name_of(VFIO_VF))]
+        "two",
+        devices=[
+            ("net-a", "node", device_name_of(NET_VF)),
+            ("net-b", "node", device_name_of(VFIO_VF)),
+        ],
     )
     claim["status"]["allocation"]["devices"]["results"].append(
         {"request": "gpu", "driver": "gpu.example.com", "pool": "node", "device": "gpu-0"}
     )
     ref = claims.add(claim)
     entry = kubelet.register().prepare(ref).claims[ref.uid]
-    assert [d.device_name for d in entry.devices] == [name_of(NET_VF), name_of(VFIO_VF)]
+    assert [d.device_name for d in entry.devices] == [
+        device_name_of(NET_VF),
+        device_name_of(VFIO_VF),
+    ]
     first, second = (env_of(d["containerEdits"]) for d in spec_of(node, ref.uid)["devices"])
     assert first["PCIDEVICE_SRIOV_SRIOVLIB_IO_NET_A"] == NET_VF
     assert "PCIDEVICE_SRIOV_SRIOVLIB_IO_NET_B" not in first
@@ -262,7 +239,7 @@ def test_prepare_again_is_the_same_answer_without_reading_the_claim(
     node: Node, claims: FakeClaims, kubelet: DraKubeletStandIn, start_plugin: StartPlugin
 ) -> None:
     start_plugin()
-    ref = claims.add(resource_claim("net", devices=[("vf", "node", name_of(NET_VF))]))
+    ref = claims.add(resource_claim("net", devices=[("vf", "node", device_name_of(NET_VF))]))
     client = kubelet.register()
     first = client.prepare(ref)
     reads = claims.reads
@@ -274,7 +251,7 @@ def test_after_a_restart_a_retry_gets_the_same_answer_from_the_record(
     node: Node, claims: FakeClaims, kubelet: DraKubeletStandIn, start_plugin: StartPlugin
 ) -> None:
     plugin = start_plugin()
-    ref = claims.add(resource_claim("dpdk", devices=[("dpdk", "node", name_of(VFIO_VF))]))
+    ref = claims.add(resource_claim("dpdk", devices=[("dpdk", "node", device_name_of(VFIO_VF))]))
     first = kubelet.register().prepare(ref)
     spec = spec_of(node, ref.uid)
     plugin.stop()
@@ -285,10 +262,10 @@ def test_after_a_restart_a_retry_gets_the_same_answer_from_the_record(
     assert again == first
     assert spec_of(node, ref.uid) == spec
     # and a new claim still cannot have the VF the record holds
-    other = claims.add(resource_claim("thief", devices=[("dpdk", "node", name_of(VFIO_VF))]))
+    other = claims.add(resource_claim("thief", devices=[("dpdk", "node", device_name_of(VFIO_VF))]))
     error = kubelet.clients[-1].prepare(other).claims[other.uid].error
     assert error == (
-        f"claim default/thief: device {name_of(VFIO_VF)} ({VFIO_VF}) of request 'dpdk' is "
+        f"claim default/thief: device {device_name_of(VFIO_VF)} ({VFIO_VF}) of request 'dpdk' is "
         f"prepared for claim default/dpdk (uid {ref.uid}) already"
     )
 
@@ -297,7 +274,7 @@ def test_unprepare_removes_the_spec_and_the_record_and_is_idempotent(
     node: Node, claims: FakeClaims, kubelet: DraKubeletStandIn, start_plugin: StartPlugin
 ) -> None:
     start_plugin()
-    ref = claims.add(resource_claim("net", devices=[("vf", "node", name_of(NET_VF))]))
+    ref = claims.add(resource_claim("net", devices=[("vf", "node", device_name_of(NET_VF))]))
     client = kubelet.register()
     client.prepare(ref)
     assert record_path(node, ref.uid).exists()
@@ -310,7 +287,7 @@ def test_unprepare_removes_the_spec_and_the_record_and_is_idempotent(
     never = ClaimRef("default", "never", "0d4f3c2e-0000-4000-8000-000000000001")
     assert client.unprepare(never).claims[never.uid].error == ""
     # the VF is free again
-    other = claims.add(resource_claim("next", devices=[("vf", "node", name_of(NET_VF))]))
+    other = claims.add(resource_claim("next", devices=[("vf", "node", device_name_of(NET_VF))]))
     assert client.prepare(other).claims[other.uid].error == ""
 
 
@@ -323,7 +300,7 @@ def test_claim_configuration_is_validated_and_recorded_per_request(
     start_plugin()
     claim = resource_claim(
         "cfg",
-        devices=[("a", "node", name_of(NET_VF)), ("b", "node", name_of(NET_VF2))],
+        devices=[("a", "node", device_name_of(NET_VF)), ("b", "node", device_name_of(NET_VF2))],
         config=[
             {"source": "FromClass", "parameters": {"spoofchk": "off", "trust": "on"}},
             {
@@ -395,7 +372,9 @@ def test_bad_claim_configuration_is_a_precise_per_claim_error(
     start_plugin()
     ref = claims.add(
         resource_claim(
-            "bad", devices=[("vf", "node", name_of(NET_VF))], config=[{"parameters": parameters}]
+            "bad",
+            devices=[("vf", "node", device_name_of(NET_VF))],
+            config=[{"parameters": parameters}],
         )
     )
     error = kubelet.register().prepare(ref).claims[ref.uid].error
@@ -415,7 +394,7 @@ def test_settings_that_break_a_rule_only_together_name_the_request(
     ref = claims.add(
         resource_claim(
             "merged",
-            devices=[("vf", "node", name_of(NET_VF))],
+            devices=[("vf", "node", device_name_of(NET_VF))],
             config=[
                 {"source": "FromClass", "parameters": {"vlan": 0}},
                 {"parameters": {"vlanQoS": 5}},
@@ -436,7 +415,7 @@ def test_rules_between_keys_apply_to_the_merged_settings(
     ref = claims.add(
         resource_claim(
             "merged",
-            devices=[("vf", "node", name_of(NET_VF))],
+            devices=[("vf", "node", device_name_of(NET_VF))],
             config=[
                 {"source": "FromClass", "parameters": {"vlan": 7}},
                 {"parameters": {"vlanQoS": 5}},
@@ -447,7 +426,7 @@ def test_rules_between_keys_apply_to_the_merged_settings(
     ref = claims.add(
         resource_claim(
             "alone",
-            devices=[("vf", "node", name_of(NET_VF2))],
+            devices=[("vf", "node", device_name_of(NET_VF2))],
             config=[{"parameters": {"vlanQoS": 5}}],
         )
     )
@@ -456,7 +435,7 @@ def test_rules_between_keys_apply_to_the_merged_settings(
     ref = claims.add(
         resource_claim(
             "rates",
-            devices=[("vf", "node", name_of(NET_VF2))],
+            devices=[("vf", "node", device_name_of(NET_VF2))],
             config=[{"parameters": {"max_tx_rate": 100}}, {"parameters": {"min_tx_rate": 500}}],
         )
     )
@@ -483,7 +462,7 @@ def test_a_driver_the_vf_is_not_bound_to_is_refused(
     ref = claims.add(
         resource_claim(
             "drv",
-            devices=[("vf", "node", name_of(address))],
+            devices=[("vf", "node", device_name_of(address))],
             config=[{"parameters": {"driver": driver}}],
         )
     )
@@ -499,7 +478,7 @@ def test_bad_claims_fail_alone_with_precise_errors(
     node: Node, claims: FakeClaims, kubelet: DraKubeletStandIn, start_plugin: StartPlugin
 ) -> None:
     start_plugin()
-    good = claims.add(resource_claim("good", devices=[("vf", "node", name_of(NET_VF))]))
+    good = claims.add(resource_claim("good", devices=[("vf", "node", device_name_of(NET_VF))]))
     unallocated = claims.add(resource_claim("pending", allocated=False))
     foreign = claims.add(
         resource_claim("gpu", devices=[("g", "node", "gpu-0")], driver="gpu.example.com")
@@ -507,11 +486,13 @@ def test_bad_claims_fail_alone_with_precise_errors(
     badname = claims.add(resource_claim("badname", devices=[("vf", "node", "eth0")]))
     gone = claims.add(resource_claim("gone", devices=[("vf", "node", "vf-0000-99-00-2")]))
     pf = claims.add(resource_claim("pf", devices=[("vf", "node", "vf-0000-5e-00-0")]))
-    recreated = claims.add(resource_claim("recreated", devices=[("vf", "node", name_of(NET_VF2))]))
+    recreated = claims.add(
+        resource_claim("recreated", devices=[("vf", "node", device_name_of(NET_VF2))])
+    )
     stale = ClaimRef("default", "recreated", "11111111-2222-4333-8444-555555555555")
     missing = ClaimRef("default", "missing", "6c1d0a5e-0000-4000-8000-000000000002")
     no_uid = ClaimRef("default", "nouid", "")
-    broken = claims.add(resource_claim("broken", devices=[("vf", "node", name_of(NET_VF2))]))
+    broken = claims.add(resource_claim("broken", devices=[("vf", "node", device_name_of(NET_VF2))]))
     claims.claims[("default", "broken")]["status"]["allocation"]["devices"]["results"] = {"a": 1}
     refs = [good, unallocated, foreign, badname, gone, pf, stale, missing, no_uid, broken]
     response = kubelet.register().prepare(*refs)
@@ -558,7 +539,7 @@ def test_a_damaged_record_is_a_per_claim_error(
     node: Node, claims: FakeClaims, kubelet: DraKubeletStandIn, start_plugin: StartPlugin
 ) -> None:
     start_plugin()
-    ref = claims.add(resource_claim("net", devices=[("vf", "node", name_of(NET_VF))]))
+    ref = claims.add(resource_claim("net", devices=[("vf", "node", device_name_of(NET_VF))]))
     client = kubelet.register()
     client.prepare(ref)
     record_path(node, ref.uid).write_text('{"format": 1, "claim": ')

@@ -20,7 +20,12 @@ from sriovlib.agent.dra import DraOptions
 from sriovlib.agent.kubeapi import NotFound
 from sriovlib.agent.runner import Agent, ConfigFile
 from sriovlib.pools import load_config, parse_config
-from sriovlib.testing.drakubelet import DraKubeletStandIn, FakeClaims, resource_claim
+from sriovlib.testing.drakubelet import (
+    DraKubeletStandIn,
+    FakeClaims,
+    device_name_of,
+    resource_claim,
+)
 from sriovlib.testing.kubelet import KubeletStandIn
 
 from .conftest import CONFIG, Node
@@ -32,10 +37,6 @@ DPDK = "intel.com/intel_dpdk"
 NET_VF = "0000:5e:00.2"  # iavf, pool intel_net
 VFIO_VF = "0000:5e:01.0"  # vfio-pci, pool intel_dpdk
 SLICES = "/apis/resource.k8s.io/v1/resourceslices"
-
-
-def name_of(address: str) -> str:
-    return "vf-" + address.replace(":", "-").replace(".", "-")
 
 
 class MemoryApi:
@@ -89,17 +90,12 @@ def names_of(resource: str, agent: Agent, timeout: float = 10) -> set[str]:
     while not (found := [r for r in agent.resources if r.name == resource]):
         assert time.monotonic() < deadline, f"the agent never had {resource}"
         time.sleep(0.05)
-    return {name_of(d.id) for d in found[0].devices()}
+    return {device_name_of(d.id) for d in found[0].devices()}
 
 
 @pytest.fixture
 def api() -> MemoryApi:
     return MemoryApi()
-
-
-@pytest.fixture
-def claims() -> FakeClaims:
-    return FakeClaims()
 
 
 StartDra = Callable[..., Agent]
@@ -161,7 +157,7 @@ def test_dra_pools_are_not_registered_with_the_device_plugin_api_and_only_they_a
     # the orphan reclaim asks the pod-resources API only about device-plugin VFs: it
     # does not list a VF a claim holds, which must not look like an orphan
     served = agent.reclaimer.served()
-    assert {name_of(i) for i in served} == names_of(NET, agent)
+    assert {device_name_of(i) for i in served} == names_of(NET, agent)
 
 
 def test_dra_alone_means_every_pool(
@@ -181,17 +177,17 @@ def test_prepare_refuses_a_vf_of_a_device_plugin_pool(
     with DraKubeletStandIn(node.tmp / "plugins_registry") as dra:
         client = dra.register(DRIVER)
         refs = [
-            claims.add(resource_claim("net", devices=[("vf", "node1", name_of(NET_VF))])),
-            claims.add(resource_claim("dpdk", devices=[("vf", "node1", name_of(VFIO_VF))])),
+            claims.add(resource_claim("net", devices=[("vf", "node1", device_name_of(NET_VF))])),
+            claims.add(resource_claim("dpdk", devices=[("vf", "node1", device_name_of(VFIO_VF))])),
         ]
         answer = client.prepare(*refs).claims
     assert answer[refs[0].uid].error == (
-        f"claim default/net: device {name_of(NET_VF)} ({NET_VF}) of request 'vf' is not "
+        f"claim default/net: device {device_name_of(NET_VF)} ({NET_VF}) of request 'vf' is not "
         f"this driver's to prepare: it is in pool {NET}, which the device plugin serves "
         "(not one of --dra-pools)"
     )
     assert answer[refs[1].uid].error == ""
-    assert [d.device_name for d in answer[refs[1].uid].devices] == [name_of(VFIO_VF)]
+    assert [d.device_name for d in answer[refs[1].uid].devices] == [device_name_of(VFIO_VF)]
 
 
 def write_config(path: Path, config: dict[str, object]) -> None:

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import errno
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from sriovlib.agent.dra import DraOptions, DraPlugin
 from sriovlib.models import VfLinkState, VfState, VlanProto
-from sriovlib.testing.drakubelet import DraKubeletStandIn, FakeClaims, resource_claim
+from sriovlib.testing.drakubelet import (
+    DraKubeletStandIn,
+    FakeClaims,
+    device_name_of,
+    resource_claim,
+)
 
-from .conftest import Node
+from .conftest import Node, StartPlugin
 
 DRIVER = "sriov.sriovlib.io"
 NET_VF = "0000:5e:00.2"  # iavf on an i40e PF
@@ -31,39 +35,6 @@ SETTINGS = {
     "max_tx_rate": 1000,
     "mac": "02:00:00:00:00:aa",
 }
-
-
-def name_of(address: str) -> str:
-    return "vf-" + address.replace(":", "-").replace(".", "-")
-
-
-StartPlugin = Callable[[], DraPlugin]
-
-
-@pytest.fixture
-def claims() -> FakeClaims:
-    return FakeClaims()
-
-
-@pytest.fixture
-def start_plugin(node: Node, claims: FakeClaims) -> Iterator[StartPlugin]:
-    plugins: list[DraPlugin] = []
-
-    def start() -> DraPlugin:
-        options = DraOptions(
-            registry_dir=node.tmp / "plugins_registry",
-            plugins_dir=node.tmp / "plugins",
-            cdi_dir=node.tmp / "cdi",
-            state_dir=node.tmp / "state",
-        )
-        plugin = DraPlugin(node.host, claims, options)
-        plugin.start()
-        plugins.append(plugin)
-        return plugin
-
-    yield start
-    for plugin in plugins:
-        plugin.stop()
 
 
 @pytest.fixture
@@ -102,7 +73,7 @@ def test_settings_are_applied_at_prepare_and_restored_at_unprepare(
     assert before.vlan == 0
     assert before.trust is not True
     ref = claims.add(
-        resource_claim("vlan", devices=[("vf", "node", name_of(NET_VF))],
+        resource_claim("vlan", devices=[("vf", "node", device_name_of(NET_VF))],
                        config=[{"parameters": SETTINGS}])
     )  # fmt: skip
     client = kubelet.register()
@@ -127,7 +98,7 @@ def test_a_claim_without_settings_touches_no_vf(
     node: Node, claims: FakeClaims, kubelet: DraKubeletStandIn, start_plugin: StartPlugin
 ) -> None:
     start_plugin()
-    ref = claims.add(resource_claim("plain", devices=[("vf", "node", name_of(NET_VF))]))
+    ref = claims.add(resource_claim("plain", devices=[("vf", "node", device_name_of(NET_VF))]))
     requests = dict(node.kernel.requests)
     client = kubelet.register()
     assert client.prepare(ref).claims[ref.uid].error == ""
@@ -143,7 +114,7 @@ def test_a_failure_in_the_middle_rolls_every_vf_back(
     ref = claims.add(
         resource_claim(
             "two",
-            devices=[("a", "node", name_of(NET_VF)), ("b", "node", name_of(NET_VF2))],
+            devices=[("a", "node", device_name_of(NET_VF)), ("b", "node", device_name_of(NET_VF2))],
             config=[
                 {"requests": ["a"], "parameters": {"vlan": 100, "spoofchk": "off"}},
                 {"requests": ["b"], "parameters": {"vlan": 200, "trust": "on"}},
@@ -168,7 +139,7 @@ def test_a_restart_between_prepare_and_unprepare_still_restores(
     plugin = start_plugin()
     before = state(node, NET_VF)
     ref = claims.add(
-        resource_claim("vlan", devices=[("vf", "node", name_of(NET_VF))],
+        resource_claim("vlan", devices=[("vf", "node", device_name_of(NET_VF))],
                        config=[{"parameters": SETTINGS}])
     )  # fmt: skip
     assert kubelet.register().prepare(ref).claims[ref.uid].error == ""
@@ -198,7 +169,7 @@ def test_an_agent_killed_mid_prepare_restores_on_the_retry_or_the_unprepare(
     ref = claims.add(
         resource_claim(
             "two",
-            devices=[("a", "node", name_of(NET_VF)), ("b", "node", name_of(NET_VF2))],
+            devices=[("a", "node", device_name_of(NET_VF)), ("b", "node", device_name_of(NET_VF2))],
             config=[{"parameters": {"vlan": 300, "trust": "on"}}],
         )
     )
@@ -242,7 +213,7 @@ def test_a_vfio_vf_gets_its_pf_side_settings_too(
     ref = claims.add(
         resource_claim(
             "dpdk",
-            devices=[("vf", "node", name_of(vfio_vf))],
+            devices=[("vf", "node", device_name_of(vfio_vf))],
             config=[{"parameters": {"vlan": 10, "spoofchk": "off", "driver": "vfio-pci"}}],
         )
     )
@@ -262,7 +233,7 @@ def test_a_damaged_snapshot_brings_the_vf_to_safe_defaults_at_unprepare(
     not stuck on it, and the VF keeps none of the claim's settings."""
     start_plugin()
     ref = claims.add(
-        resource_claim("vlan", devices=[("vf", "node", name_of(NET_VF))],
+        resource_claim("vlan", devices=[("vf", "node", device_name_of(NET_VF))],
                        config=[{"parameters": SETTINGS}])
     )  # fmt: skip
     client = kubelet.register()

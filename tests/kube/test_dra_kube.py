@@ -41,7 +41,7 @@ from sriovlib.agent.runner import Agent, AgentOptions
 from sriovlib.host import Host
 from sriovlib.pools import parse_config
 from sriovlib.testing.builder import FakeSysfs
-from sriovlib.testing.drakubelet import DraKubeletStandIn
+from sriovlib.testing.drakubelet import DraKubeletStandIn, device_name_of
 from sriovlib.testing.fakenetlink import FakeNetlink
 from sriovlib.testing.kube import KubeCluster
 from sriovlib.testing.presets import build_example
@@ -66,10 +66,6 @@ ALL_VFS = 24
 BAD_TOKEN = "not-a-token"  # noqa: S105 - one the server does not know
 NET_VF = "0000:5e:00.2"  # iavf, VF 0 of enp59s0f0 (0000:5e:00.0), NUMA 1
 RDMA_VF = "0000:3b:00.2"  # mlx5_core, VF 0 of ens1f0, mlx5_1
-
-
-def name_of(address: str) -> str:
-    return "vf-" + address.replace(":", "-").replace(".", "-")
 
 
 def wait_for(what: str, check: Callable[[], T | None], timeout: float = 20) -> T:
@@ -268,8 +264,8 @@ def test_slices_publish_every_vf_with_its_attributes_owned_by_the_node(
     devices = {d["name"]: d["attributes"] for d in spec["devices"]}
     served = {str(d.device.address) for r in agent.resources for d in r.devices()}
     assert len(served) == ALL_VFS
-    assert set(devices) == {name_of(a) for a in served}
-    assert devices[name_of(NET_VF)] == {
+    assert set(devices) == {device_name_of(a) for a in served}
+    assert devices[device_name_of(NET_VF)] == {
         "pfName": {"string": "enp59s0f0"},
         "pfPciAddress": {"string": "0000:5e:00.0"},
         "vfIndex": {"int": 0},
@@ -285,11 +281,11 @@ def test_slices_publish_every_vf_with_its_attributes_owned_by_the_node(
         "k8s.cni.cncf.io/resourceName": {"string": "intel.com/intel_net"},
         "k8s.cni.cncf.io/deviceID": {"string": NET_VF},
     }
-    rdma = devices[name_of(RDMA_VF)]
+    rdma = devices[device_name_of(RDMA_VF)]
     assert rdma["rdma"] == {"bool": True}
     assert rdma["driver"] == {"string": "mlx5_core"}
     assert rdma["k8s.cni.cncf.io/resourceName"] == {"string": "intel.com/mlx"}
-    assert devices[name_of("0000:5e:01.0")]["driver"] == {"string": "vfio-pci"}
+    assert devices[device_name_of("0000:5e:01.0")]["driver"] == {"string": "vfio-pci"}
     # the Node is the owner: the garbage collector would take the slices with it
     assert kube_cluster.kubectl(
         "get", "resourceslices", "-o", "jsonpath={.items[*].metadata.ownerReferences[0].kind}"
@@ -311,9 +307,9 @@ def test_slices_follow_health_and_vfs_that_go_with_the_generation_bumped(
 
     wait_for("every VF", lambda: len(devices_of(api, name)) == ALL_VFS)
     first = generation()
-    on_pf0 = {name_of(f"0000:5e:00.{n}") for n in range(2, 8)} | {
-        name_of("0000:5e:01.0"),
-        name_of("0000:5e:01.1"),
+    on_pf0 = {device_name_of(f"0000:5e:00.{n}") for n in range(2, 8)} | {
+        device_name_of("0000:5e:01.0"),
+        device_name_of("0000:5e:01.1"),
     }
     node.kernel.set_carrier("enp59s0f0", False)
     started = time.monotonic()
@@ -467,15 +463,18 @@ def test_prepare_reads_the_claim_from_the_api_server(
     The same name made again (another UID) is refused; a claim not there says so."""
     start_agent()
     kube_cluster.create(_claim("net"))
-    claim = _allocate(kube_cluster, "net", name_of(NET_VF))
+    claim = _allocate(kube_cluster, "net", device_name_of(NET_VF))
     uid = claim["metadata"]["uid"]
     with DraKubeletStandIn(node.tmp / "plugins_registry") as kubelet:
         client = kubelet.register(DRIVER)
         answer = client.prepare(ClaimRef("default", "net", uid)).claims[uid]
         assert answer.error == ""
         (device,) = answer.devices
-        assert (device.pool_name, device.device_name) == (kube_cluster.node_name, name_of(NET_VF))
-        assert list(device.cdi_device_ids) == [f"{DRIVER}/vf={uid}-{name_of(NET_VF)}"]
+        assert (device.pool_name, device.device_name) == (
+            kube_cluster.node_name,
+            device_name_of(NET_VF),
+        )
+        assert list(device.cdi_device_ids) == [f"{DRIVER}/vf={uid}-{device_name_of(NET_VF)}"]
         record = json.loads(
             (node.tmp / "state" / "dra" / DRIVER / "claims" / f"{uid}.json").read_text()
         )
@@ -484,7 +483,7 @@ def test_prepare_reads_the_claim_from_the_api_server(
 
         kube_cluster.kubectl("delete", "resourceclaim", "net", "-n", "default")
         kube_cluster.create(_claim("net"))
-        _allocate(kube_cluster, "net", name_of(NET_VF))
+        _allocate(kube_cluster, "net", device_name_of(NET_VF))
         error = client.prepare(ClaimRef("default", "net", uid)).claims[uid].error
         assert "the claim was deleted and made again" in error
 

@@ -36,17 +36,26 @@ from sriovlib.agent.api import dra_pb2_grpc as pb_grpc
 from sriovlib.agent.api import pluginregistration_pb2 as reg
 from sriovlib.agent.api import pluginregistration_pb2_grpc as reg_grpc
 from sriovlib.agent.draclaims import DEFAULT_DRIVER_NAME, ClaimRef, ClaimUnavailable
+from sriovlib.agent.draprepare import device_name
+from sriovlib.models import PciAddress
 
 __all__ = [
     "DraKubeletStandIn",
     "DraPluginClient",
     "FakeClaims",
     "Refused",
+    "device_name_of",
     "resource_claim",
 ]
 
 #: The DRA service versions this stand-in speaks (the kubelet v1.34 takes v1 and v1beta1).
 KUBELET_VERSIONS = ("v1.DRAPlugin", "v1beta1.DRAPlugin")
+
+
+def device_name_of(address: str) -> str:
+    """The DRA device name the driver publishes for the VF at PCI *address*
+    (``0000:5e:00.2`` -> ``vf-0000-5e-00-2``)."""
+    return device_name(PciAddress.parse(address))
 
 
 class Refused(Exception):
