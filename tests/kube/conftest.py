@@ -17,6 +17,30 @@ import pytest
 from sriovlib.testing.clienttools import ToolUnavailable
 from sriovlib.testing.kube import KubeCluster
 from sriovlib.testing.kubebuild import kube_tools
+from sriovlib.testing.vm import SriovVM
+
+#: A node's network in the igb VM: the kubelet needs a default route to pick a node IP,
+#: and the chroot guest has no module autoload, so a dummy link carries the node address.
+#: Mounts are shared, as systemd makes them on every node (an agent's /var/run/netns
+#: mount follows the host's).
+NODE_NETWORK = """
+set -e
+mount --make-rshared /
+modprobe -a bridge veth dummy overlay
+ip link add sk-node0 type dummy
+ip addr add 192.0.2.10/32 dev sk-node0
+ip link set sk-node0 up
+ip route show default | grep -q . || ip route add default dev sk-node0
+"""
+
+
+@pytest.fixture
+def vm_node(sriov_vm_clean: SriovVM) -> Iterator[SriovVM]:
+    """The igb VM as a Kubernetes node: :data:`NODE_NETWORK` set up, undone after."""
+    setup = sriov_vm_clean.run(NODE_NETWORK, timeout=60)
+    assert setup.returncode == 0, setup.stderr
+    yield sriov_vm_clean
+    sriov_vm_clean.run("ip link del sk-node0", timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -28,12 +28,12 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from sriovlib.testing.clienttools import ToolUnavailable
+from sriovlib.testing.drakubelet import device_name_of
 from sriovlib.testing.kubebuild import kube_tools
 from sriovlib.testing.vm import SriovVM
 
@@ -48,18 +48,6 @@ CLASS_PARAMETERS = {"spoofchk": "off"}
 CLAIM_PARAMETERS = {"vlan": 42, "trust": "on"}
 #: The 82576 VF (igbvf).
 VF_IDS = ("8086", "10ca")
-
-#: The kubelet needs a default route to pick a node IP, and the chroot guest has no
-#: module autoload: a dummy link carries the node address (as in test_e2e_vm.py).
-NODE_NETWORK = """
-set -e
-mount --make-rshared /
-modprobe -a bridge veth dummy overlay
-ip link add sk-node0 type dummy
-ip addr add 192.0.2.10/32 dev sk-node0
-ip link set sk-node0 up
-ip route show default | grep -q . || ip route add default dev sk-node0
-"""
 
 SETUP = r"""
 import json, os, signal, subprocess, sys, tempfile, time
@@ -328,19 +316,6 @@ result["figures"] = figures
 """
 
 
-@pytest.fixture
-def node(sriov_vm_clean: SriovVM) -> Iterator[SriovVM]:
-    vm = sriov_vm_clean
-    setup = vm.run(NODE_NETWORK, timeout=60)
-    assert setup.returncode == 0, setup.stderr
-    yield vm
-    vm.run("ip link del sk-node0", timeout=30)
-
-
-def _device_name(pci: str) -> str:
-    return "vf-" + pci.replace(":", "-").replace(".", "-")
-
-
 def _settings(info: dict[str, Any]) -> tuple[Any, ...]:
     """What a claim's settings change on a VF, as ``ip -j -d link show`` has it."""
 
@@ -351,13 +326,13 @@ def _settings(info: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def test_a_claim_on_a_real_igb_vf_is_scheduled_prepared_running_and_restored(
-    node: SriovVM,
+    vm_node: SriovVM,
 ) -> None:
     try:
         kube_tools()  # built on the host (Go, the module proxy); the guest sees the cache
     except ToolUnavailable as e:
         pytest.skip(f"kube tier: {e}")
-    vm = node
+    vm = vm_node
     pf = vm.pf_netdevs[0]
     params = {
         "pf": pf,
@@ -414,11 +389,11 @@ def test_a_claim_on_a_real_igb_vf_is_scheduled_prepared_running_and_restored(
             cluster["node_uid"],
         )
         devices = {d["name"]: d["attributes"] for d in spec["devices"]}
-        assert set(devices) == {_device_name(pci) for pci in vfs}  # one per real VF
+        assert set(devices) == {device_name_of(pci) for pci in vfs}  # one per real VF
         pool = made["pool"]
         resource = f"{pool.get('resourcePrefix', 'intel.com')}/{pool['resourceName']}"
         for pci, vf in vfs.items():
-            attributes = devices[_device_name(pci)]
+            attributes = devices[device_name_of(pci)]
             assert vf["ids"] == list(VF_IDS), vf
             expected = {
                 "pfName": {"string": pf},
@@ -442,7 +417,7 @@ def test_a_claim_on_a_real_igb_vf_is_scheduled_prepared_running_and_restored(
         claim = ran["claim"]
         (result,) = claim["status"]["allocation"]["devices"]["results"]
         assert (result["request"], result["driver"], result["pool"]) == ("vf", DRIVER, node_name)
-        (address,) = [pci for pci in vfs if _device_name(pci) == result["device"]]
+        (address,) = [pci for pci in vfs if device_name_of(pci) == result["device"]]
         config = claim["status"]["allocation"]["devices"]["config"]
         assert [(c["source"], c["opaque"]["parameters"]) for c in config] == [
             ("FromClass", CLASS_PARAMETERS),

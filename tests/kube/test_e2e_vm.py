@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,19 +48,6 @@ RESOURCE = "intel.com/sriov-netdevice"
 NAD_MAC = "ca:fe:00:5e:00:01"
 NAD_VLAN = 100
 DEPLOY = Path(__file__).parents[2] / "deploy"
-
-#: The kubelet needs a default route to pick a node IP, and the chroot guest has no
-#: module autoload: a dummy link carries the node address. Mounts are shared, as systemd
-#: makes them on every node (the agent's /var/run/netns mount follows the host's).
-NODE_NETWORK = """
-set -e
-mount --make-rshared /
-modprobe -a bridge veth dummy overlay
-ip link add sk-node0 type dummy
-ip addr add 192.0.2.10/32 dev sk-node0
-ip link set sk-node0 up
-ip route show default | grep -q . || ip route add default dev sk-node0
-"""
 
 SETUP = r"""
 import json, os, subprocess, sys, tempfile, time
@@ -269,15 +255,6 @@ result["figures"] = figures
 """
 
 
-@pytest.fixture
-def node(sriov_vm_clean: SriovVM) -> Iterator[SriovVM]:
-    vm = sriov_vm_clean
-    setup = vm.run(NODE_NETWORK, timeout=60)
-    assert setup.returncode == 0, setup.stderr
-    yield vm
-    vm.run("ip link del sk-node0", timeout=30)
-
-
 def _host_side() -> dict[str, Any]:
     """What the guest needs that is built on the host (Go, buildah, the module proxy)."""
     try:
@@ -306,8 +283,8 @@ def _as_the_node_sees(vfs: dict[str, Any]) -> dict[str, Any]:
     return seen
 
 
-def test_the_seed_flow_on_a_real_vf(node: SriovVM) -> None:
-    vm = node
+def test_the_seed_flow_on_a_real_vf(vm_node: SriovVM) -> None:
+    vm = vm_node
     pf = vm.pf_netdevs[0]
     params = {
         **_host_side(),
