@@ -83,6 +83,7 @@ def test_settings_are_applied_at_prepare_and_restored_at_unprepare(
     assert record["complete"] is True
     (device,) = record["devices"]
     assert device["previous"]["vf_state"] == before.to_dict()  # what unprepare restores
+    assert device["previous"]["netns"] is None  # the VF stayed on the host: no namespace
     # prepare again: answered from the record, nothing written to the kernel
     requests = dict(node.kernel.requests)
     assert client.prepare(ref).claims[ref.uid].error == ""

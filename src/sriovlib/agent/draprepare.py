@@ -66,8 +66,11 @@ __all__ = ["Preparer", "cdi_kind", "device_address", "device_name"]
 
 log = logging.getLogger("sriovlib.agent")
 
-#: The namespace a prepared VF's snapshot names: the host's (the VF stays there; the CNI
-#: plugin moves its netdev into the pod later, with its own snapshot).
+#: The namespace a prepared VF's snapshot is read for: the host's (the VF stays there; the
+#: CNI plugin moves its netdev into the pod later, with its own snapshot). The recorded
+#: snapshot names no namespace, so restoring it looks for the netdev on the host only
+#: and moves nothing (with the host's namespace named, the restore would find the netdev
+#: "in the namespace" and move it onto the host where it already is).
 _HOST_NETNS = "/proc/1/ns/net"
 
 _DEVICE_NAME = re.compile(r"vf-([0-9a-f]{4,8})-([0-9a-f]{2})-([0-9a-f]{2})-([0-7])")
@@ -239,7 +242,7 @@ class Preparer:
                 # what unprepare restores, read now and changing nothing (the CNI's
                 # snapshot: the VF's settings through its PF, its netdev on the host)
                 ifname = vf.netdev or f"vf{vf.index}"  # a netdev name; unused without one
-                snapshot = self.host.snapshot(vf, _HOST_NETNS, ifname)
+                snapshot = attrs.evolve(self.host.snapshot(vf, _HOST_NETNS, ifname), netns=None)
                 previous = snapshot.to_dict()
             cdi_devices.append(
                 {"name": name, "containerEdits": self._edits(device.request, by_request, needs)}
