@@ -73,6 +73,7 @@ __all__ = [
     "Plan",
     "PolicyError",
     "PolicyFile",
+    "VfBudget",
     "VfGroup",
     "apply",
     "load_policies",
@@ -94,6 +95,7 @@ _SPEC_KEYS = (
     "priority",
     "mtu",
     "numVfs",
+    "vfBudget",
     "nicSelector",
     "deviceType",
     "isRdma",
@@ -105,6 +107,7 @@ _SPEC_KEYS = (
     "vdpaType",
     "bridge",
 )
+_BUDGET_KEYS = ("min", "max")
 _SELECTOR_KEYS = ("vendor", "deviceID", "pfNames", "rootDevices", "netFilter")
 _OPERATOR_KEYS = ("apiVersion", "kind", "metadata", "spec", "status")
 _NATIVE_KEYS = ("apiVersion", "kind", "policies")
@@ -137,6 +140,23 @@ class PolicyLinkType(enum.StrEnum):
 
 
 # -- the model ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class VfBudget:
+    """``vfBudget``: the PF's VF count may be anything from *min* (the floor ``apply``
+    sets) to *max* (the most the DRA driver raises it to when claims need VFs, see
+    ``docs/dra.md``), instead of one fixed ``numVfs``."""
+
+    min: int
+    max: int
+
+    def clamp(self, count: int) -> int:
+        """*count* brought into the budget."""
+        return max(self.min, min(self.max, count))
+
+    def __str__(self) -> str:
+        return f"{self.min}-{self.max}"
 
 
 @attrs.frozen
@@ -184,7 +204,8 @@ class NodePolicy:
     Attributes:
         name: ``metadata.name`` (or ``name`` in sriovlib's own format).
         resource_name: The device-plugin pool its VFs join.
-        num_vfs: ``numVfs`` of every selected PF.
+        num_vfs: ``numVfs`` of every selected PF; with a budget, its floor.
+        vf_budget: ``vfBudget``, or None for a fixed ``numVfs``.
         priority: 0 (highest) to 99 (lowest, the default).
         mtu: The PF's MTU (raised, never lowered) and the netdevice VFs' MTU.
         device_type: ``netdevice`` (the kernel VF driver) or ``vfio-pci``.
@@ -210,7 +231,13 @@ class NodePolicy:
     link_type: PolicyLinkType | None = None
     eswitch_mode: EswitchMode | None = None
     externally_managed: bool = False
+    vf_budget: VfBudget | None = None
     source: str = ""
+
+    @property
+    def ceiling(self) -> int:
+        """The most VFs the policy gives a PF: ``numVfs``, or the budget's max."""
+        return self.vf_budget.max if self.vf_budget is not None else self.num_vfs
 
 
 @attrs.frozen
@@ -253,7 +280,10 @@ class PfTarget:
 
     Attributes:
         pf: The PF as discovered.
-        num_vfs: The VF count (the largest ``numVfs`` of the policies left on it).
+        num_vfs: The VF count (the largest ``numVfs`` of the policies left on it; with
+            a budget, the PF's count now brought into the budget).
+        budget: The VF budget of the PF (the floor: the largest ``numVfs`` or
+            ``vfBudget.min``; the ceiling: the largest ``vfBudget.max``), or None.
         mtu: The PF MTU (the largest ``mtu``), or None to leave it.
         eswitch_mode / link_type: None to leave it.
         externally_managed: Only check the VF count and MTU, never write them.
@@ -267,6 +297,7 @@ class PfTarget:
     eswitch_mode: EswitchMode | None = None
     link_type: PolicyLinkType | None = None
     externally_managed: bool = False
+    budget: VfBudget | None = None
     groups: tuple[VfGroup, ...] = ()
     notes: tuple[str, ...] = ()
 
@@ -460,11 +491,8 @@ class _Parser:
                 where,
                 f"{field('resourceName')}: {resource!r} may hold only letters, digits and _",
             )
-        num_vfs = get("numVfs", (int,), "an integer")
-        if num_vfs is None:
-            self.problem(where, f"{field('numVfs')} is required")
-        elif num_vfs < 0:
-            self.problem(where, f"{field('numVfs')}: {num_vfs} is negative")
+        num_vfs, budget = self.count(spec, get("numVfs", (int,), "an integer"), field, where)
+        ceiling = budget.max if budget is not None else num_vfs
         priority = get("priority", (int,), "an integer", DEFAULT_PRIORITY)
         if not 0 <= priority <= 99:
             self.problem(where, f"{field('priority')}: {priority} is not from 0 to 99")
@@ -481,18 +509,25 @@ class _Parser:
         for key in ("vdpaType", "bridge"):
             if spec.get(key):
                 self.problem(where, f"{field(key)}: not supported by sriovlib apply yet")
+        if budget is not None and flags["externallyManaged"]:
+            self.problem(
+                where,
+                f"{field('vfBudget')} with externallyManaged: whoever manages the PF makes "
+                "its VFs, the agent cannot raise them",
+            )
         if device_type is DeviceType.VFIO and flags["isRdma"]:
             self.problem(where, "isRdma needs deviceType netdevice (vfio-pci VFs have no RDMA)")
         if mode is EswitchMode.SWITCHDEV and link_type is PolicyLinkType.IB:
             self.problem(where, "eSwitchMode switchdev needs linkType eth")
         selector = self.selector(spec.get("nicSelector"), field("nicSelector"), where)
-        if selector is not None and num_vfs is not None:
+        if selector is not None and ceiling is not None:
             for entry in selector.pf_names:
-                if entry.last is not None and entry.last >= num_vfs:
+                if entry.last is not None and entry.last >= ceiling:
+                    limit = "numVfs" if budget is None else "vfBudget.max"
                     self.problem(
                         where,
                         f"{field('nicSelector')}.pfNames: {entry} reaches VF {entry.last} but "
-                        f"numVfs is {num_vfs} (VFs are numbered from 0)",
+                        f"{limit} is {ceiling} (VFs are numbered from 0)",
                     )
         if len(self.problems) > count or selector is None:
             return
@@ -500,7 +535,8 @@ class _Parser:
             NodePolicy(
                 name=name,
                 resource_name=resource,
-                num_vfs=num_vfs,
+                num_vfs=budget.min if budget is not None else int(num_vfs or 0),
+                vf_budget=budget,
                 nic_selector=selector,
                 priority=priority,
                 mtu=mtu,
@@ -514,6 +550,53 @@ class _Parser:
                 source=f"{self.source}: policy {name!r}",
             )
         )
+
+    def count(
+        self, spec: Mapping[str, Any], num_vfs: int | None, field: Callable[[str], str], where: str
+    ) -> tuple[int | None, VfBudget | None]:
+        """``numVfs`` or ``vfBudget``: exactly one of them."""
+        budget = self.budget(spec.get("vfBudget"), field("vfBudget"), where)
+        if num_vfs is not None and "vfBudget" in spec:
+            self.problem(
+                where,
+                f"{field('numVfs')} and {field('vfBudget')}: give one (a fixed count, or "
+                "a floor and a ceiling), not both",
+            )
+        elif num_vfs is None and "vfBudget" not in spec:
+            self.problem(where, f"{field('numVfs')} (or {field('vfBudget')}) is required")
+        elif num_vfs is not None and num_vfs < 0:
+            self.problem(where, f"{field('numVfs')}: {num_vfs} is negative")
+        return num_vfs, budget
+
+    def budget(self, data: Any, name: str, where: str) -> VfBudget | None:
+        """``vfBudget: {min: M, max: N}``: 0 <= min <= max, max >= 1."""
+        if data is None:
+            return None
+        if not isinstance(data, dict):
+            self.problem(where, f"{name}: expected a mapping {{min: M, max: N}}, not {_kind(data)}")
+            return None
+        count = len(self.problems)
+        self.known(data, _BUDGET_KEYS, f"{where}: {name}")
+        values: dict[str, int] = {}
+        for key in _BUDGET_KEYS:
+            value = data.get(key, 0 if key == "min" else None)
+            if value is None:
+                self.problem(where, f"{name}.{key} is required")
+            elif not isinstance(value, int) or isinstance(value, bool):
+                self.problem(where, f"{name}.{key}: expected an integer, not {value!r}")
+            elif value < 0:
+                self.problem(where, f"{name}.{key}: {value} is negative")
+            else:
+                values[key] = value
+        if len(self.problems) > count:
+            return None
+        if values["max"] == 0:
+            self.problem(where, f"{name}.max: 0 gives no VF to raise (use numVfs: 0)")
+            return None
+        if values["min"] > values["max"]:
+            self.problem(where, f"{name}: min {values['min']} is above max {values['max']}")
+            return None
+        return VfBudget(values["min"], values["max"])
 
     def choice(
         self,
@@ -664,12 +747,16 @@ def merge(policies: Sequence[NodePolicy], inventory: Inventory) -> NodeTarget:
     problems: list[str] = []
     pfs = {pf.address: pf for pf in inventory.pfs}
     for policy in ordered:
-        selected = [pf for pf in inventory.pfs if policy.nic_selector.selects(pf)]
+        selected = [
+            pf
+            for pf in inventory.pfs
+            if policy.nic_selector.selects(pf) and _budget_fits(policy, pf, problems)
+        ]
         if not selected:
             warnings.append(f"policy {policy.name!r}: its nicSelector matches no PF on this node")
         for pf in selected:
             entry = policy.nic_selector.pf_name(pf)
-            first, last = (0, policy.num_vfs - 1)
+            first, last = (0, policy.ceiling - 1)
             if entry is not None and entry.first is not None and entry.last is not None:
                 first, last = entry.first, entry.last
             if last < first:  # numVfs 0: no VFs to configure
@@ -715,10 +802,14 @@ def merge(policies: Sequence[NodePolicy], inventory: Inventory) -> NodeTarget:
         mode = _one(left, "eSwitchMode", lambda p: p.eswitch_mode, pf, problems)
         link = _one(left, "linkType", lambda p: p.link_type, pf, problems)
         mtus = [p.mtu for p in left if p.mtu is not None]
+        budget = _budget(left, pf, problems)
         targets.append(
             PfTarget(
                 pf=pf,
-                num_vfs=max(p.num_vfs for p in left),
+                num_vfs=budget.clamp(pf.num_vfs)
+                if budget is not None
+                else max(p.num_vfs for p in left),
+                budget=budget,
                 mtu=max(mtus) if mtus else None,
                 eswitch_mode=mode,
                 link_type=link,
@@ -730,6 +821,37 @@ def merge(policies: Sequence[NodePolicy], inventory: Inventory) -> NodeTarget:
     if problems:
         raise PolicyError(problems)
     return NodeTarget(tuple(targets), tuple(warnings))
+
+
+def _budget_fits(policy: NodePolicy, pf: PhysicalFunction, problems: list[str]) -> bool:
+    """Whether *policy*'s budget (if any) fits *pf*'s ``sriov_totalvfs``."""
+    if policy.vf_budget is None or policy.vf_budget.max <= pf.total_vfs:
+        return True
+    problems.append(
+        f"policy {policy.name!r}: vfBudget.max {policy.vf_budget.max} exceeds totalvfs "
+        f"{pf.total_vfs} of {pf.name}"
+    )
+    return False
+
+
+def _budget(
+    policies: Sequence[NodePolicy], pf: PhysicalFunction, problems: list[str]
+) -> VfBudget | None:
+    """The PF's budget when a policy on it has one: the floor is the largest fixed
+    ``numVfs`` or ``vfBudget.min``, the ceiling the largest ``vfBudget.max``."""
+    budgets = [p.vf_budget for p in policies if p.vf_budget is not None]
+    if not budgets:
+        return None
+    floor = max(p.num_vfs for p in policies)
+    ceiling = max(b.max for b in budgets)
+    if floor > ceiling:
+        fixed = max(policies, key=lambda p: p.num_vfs)
+        problems.append(
+            f"policy {fixed.name!r} wants {floor} VFs of {pf.name}, above the vfBudget.max "
+            f"{ceiling} of the others on it: raise their max or lower its numVfs"
+        )
+        return None
+    return VfBudget(floor, ceiling)
 
 
 def _one(
@@ -852,6 +974,9 @@ class PfPlan:
             "policies": list(t.policies),
             "target": {
                 "numVfs": t.num_vfs,
+                "vfBudget": None
+                if t.budget is None
+                else {"min": t.budget.min, "max": t.budget.max},
                 "mtu": t.mtu,
                 "eSwitchMode": None if t.eswitch_mode is None else str(t.eswitch_mode),
                 "linkType": None if t.link_type is None else str(t.link_type),
@@ -922,8 +1047,18 @@ class Plan:
         }
 
 
-def plan(host: Host, policies: PolicyFile | Sequence[NodePolicy]) -> Plan:
+def plan(
+    host: Host,
+    policies: PolicyFile | Sequence[NodePolicy],
+    *,
+    counts: Mapping[PciAddress, int] | None = None,
+) -> Plan:
     """Compare the node with the merged policies and list every change (writes nothing).
+
+    *counts* sets the VF count of PFs with a budget (the DRA driver's VFs on demand); a
+    count outside the PF's budget, or for a PF without one, is an error. Without it a
+    budget PF keeps its count brought into the budget (raised to the floor, lowered to
+    the ceiling).
 
     Raises:
         PolicyError: a conflict, or a target this node cannot reach (a VF count above
@@ -935,6 +1070,8 @@ def plan(host: Host, policies: PolicyFile | Sequence[NodePolicy]) -> Plan:
     file = policies if isinstance(policies, PolicyFile) else PolicyFile(tuple(policies))
     target = merge(file.policies, host.inventory())
     problems: list[str] = []
+    if counts:
+        target = _with_counts(target, counts)
     node: list[Change] = []
     blockers: list[str] = []
     wants_vfio = any(g.device_type is DeviceType.VFIO for t in target.pfs for g in t.groups)
@@ -973,6 +1110,29 @@ def plan(host: Host, policies: PolicyFile | Sequence[NodePolicy]) -> Plan:
         warnings=file.warnings + target.warnings,
         pools=pool_config(target),
     )
+
+
+def _with_counts(target: NodeTarget, counts: Mapping[PciAddress, int]) -> NodeTarget:
+    """*target* with the VF counts of *counts* for its budget PFs."""
+    problems = []
+    pfs = []
+    known = {t.pf.address for t in target.pfs}
+    for address in sorted(set(counts) - known):
+        problems.append(f"{address}: no policy selects this PF")
+    for pf_target in target.pfs:
+        count = counts.get(pf_target.pf.address)
+        budget = pf_target.budget
+        if count is None:
+            pfs.append(pf_target)
+        elif budget is None:
+            problems.append(f"{pf_target.pf.name}: has no vfBudget, its numVfs is fixed")
+        elif budget.clamp(count) != count:
+            problems.append(f"{pf_target.pf.name}: {count} VFs is outside its vfBudget {budget}")
+        else:
+            pfs.append(attrs.evolve(pf_target, num_vfs=count))
+    if problems:
+        raise PolicyError(problems)
+    return attrs.evolve(target, pfs=tuple(pfs))
 
 
 def _plan_pf(host: Host, target: PfTarget, *, iommu_missing: bool) -> PfPlan:
