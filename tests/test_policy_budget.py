@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from sriovlib.exceptions import Busy
-from sriovlib.pools import assign, discover_devices, dump_config, parse_config
 from sriovlib.policy import (
     OPERATOR_API,
     NodePolicy,
@@ -22,6 +21,7 @@ from sriovlib.policy import (
     parse_policies,
     plan,
 )
+from sriovlib.pools import assign, discover_devices, dump_config, parse_config
 
 from .test_policy import PF, PF_ADDRESS, node
 
@@ -139,7 +139,8 @@ class TestMerge:
             entry(name="budget", resourceName="b", vfBudget={"max": 4},
                   nicSelector={"pfNames": [f"{PF}#2-3"]}),
         )  # fmt: skip
-        with pytest.raises(PolicyError, match="'fixed' wants 5 VFs of .* above the vfBudget.max 4"):
+        wanted = r"'fixed' wants 5 VFs of .* above the vfBudget\.max 4"
+        with pytest.raises(PolicyError, match=wanted):
             merge(policies, host.inventory())
 
 
