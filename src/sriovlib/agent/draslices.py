@@ -156,6 +156,7 @@ class SlicePublisher:
         self._started = False
         self._verified = 0.0
         self._verify_until = 0.0  # every sync verifies until then (monotonic)
+        self._withheld: frozenset[PciAddress] = frozenset()  # PFs whose VFs are left out
 
     @property
     def pool(self) -> str:
@@ -181,6 +182,25 @@ class SlicePublisher:
         the driver again; the node would have no devices for up to ``VERIFY_INTERVAL``."""
         self._verify_until = time.monotonic() + window
 
+    def withhold(self, pfs: frozenset[PciAddress], *, publish: bool = True) -> bool:
+        """Leave the VFs of *pfs* out of the slices (an empty set: put them back), for
+        the VFs on demand about to change their count; with *publish*, write the slices
+        now. True if the published slices say so (False: not published, logged)."""
+        with self._lock:
+            self._withheld = pfs
+            if not publish:
+                return True
+            if not self._started:
+                return False
+            self._seen = None
+            self._attempt(self._publish)
+            return self._seen is not None
+
+    def devices(self) -> tuple[Mapping[str, Any], ...]:
+        """The devices of the slices written last (empty before the first)."""
+        with self._lock:
+            return tuple(self._devices or ())
+
     def sync(self) -> bool:
         """Publish if the devices changed since the last publication (or it failed);
         True if slices were written."""
@@ -205,7 +225,8 @@ class SlicePublisher:
             return False
 
     def _fingerprint(self) -> tuple[tuple[str, int], ...]:
-        return tuple((r.name, r.generation) for r in self.resources())
+        withheld = tuple((str(pf), -1) for pf in sorted(self._withheld))
+        return tuple((r.name, r.generation) for r in self.resources()) + withheld
 
     def _start(self) -> bool:
         node = self.api.get(f"/api/v1/nodes/{self.node_name}")
@@ -355,6 +376,8 @@ class SlicePublisher:
             for device in resource.devices():
                 d = device.device
                 if d.kind is not DeviceKind.VF or not device.healthy or d.pf_address is None:
+                    continue
+                if d.pf_address in self._withheld:
                     continue
                 if d.pf_address not in eswitch:
                     eswitch[d.pf_address] = self._eswitch_mode(d.pf_address)
