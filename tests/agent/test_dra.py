@@ -446,31 +446,6 @@ def test_rules_between_keys_apply_to_the_merged_settings(
     )
 
 
-@pytest.mark.parametrize(
-    ("address", "driver", "bound"),
-    [(NET_VF, "vfio-pci", "iavf"), (VFIO_VF, "netdevice", "vfio-pci")],
-)
-def test_a_driver_the_vf_is_not_bound_to_is_refused(
-    claims: FakeClaims,
-    kubelet: DraKubeletStandIn,
-    start_plugin: StartPlugin,
-    address: str,
-    driver: str,
-    bound: str,
-) -> None:
-    start_plugin()
-    ref = claims.add(
-        resource_claim(
-            "drv",
-            devices=[("vf", "node", device_name_of(address))],
-            config=[{"parameters": {"driver": driver}}],
-        )
-    )
-    error = kubelet.register().prepare(ref).claims[ref.uid].error
-    assert f"is bound to {bound}, and the claim asks for" in error
-    assert "rebinding at prepare is not built yet" in error
-
-
 # -- bad claims ------------------------------------------------------------------------------
 
 

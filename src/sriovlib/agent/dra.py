@@ -254,6 +254,8 @@ class DraPlugin:
             when it may; without it any VF of the node may be.
         on_registered: Called when the kubelet says it registered the driver (at its
             every start).
+        holder: Who else holds a VF now (a CNI attachment), or None: such a VF is not
+            rebound to the driver a claim asks for.
     """
 
     def __init__(
@@ -264,6 +266,7 @@ class DraPlugin:
         *,
         refusal: Callable[[PciAddress], str | None] | None = None,
         on_registered: Callable[[], None] | None = None,
+        holder: Callable[[PciAddress], str | None] | None = None,
     ) -> None:
         self.options = options
         self.preparer = Preparer(
@@ -273,6 +276,7 @@ class DraPlugin:
             cdi_dir=options.cdi_dir,
             driver=options.driver_name,
             refusal=refusal,
+            holder=holder,
         )
         self.registration = RegistrationService(options, on_registered=on_registered)
         self.service = DraService(self.preparer)

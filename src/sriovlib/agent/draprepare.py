@@ -30,6 +30,16 @@ through the host as the CNI's attachments apply them: each VF's snapshot
 ``Host.configure_vf`` applies; a failure restores the VFs done before it. Unprepare,
 and a prepare that finds an incomplete record (the agent was killed), restore each VF
 from its snapshot (``Host.release``) first.
+
+A claim asking for another driver than its VF has (``driver: vfio-pci`` for a VF on its
+kernel driver, ``driver: netdevice`` for one on vfio-pci) has the VF bound to it
+(``Host.bind_driver``, what ``sriovlib apply`` uses) after the driver and netdev name it
+had are recorded (``rebind``); the CDI edits are those of the VF as it is then (its
+``/dev/vfio/<group>``), and unprepare binds it back (``Host.bind_back``) before its
+settings are restored. What would make the bind fail is checked before anything changes
+(``Host.bind_problem``: no IOMMU group, the driver not loaded), and a VF whose netdev is
+not on the host or that a CNI attachment holds is not rebound (the unbind would take the
+netdev from its pod).
 """
 
 from __future__ import annotations
@@ -59,8 +69,9 @@ from sriovlib.agent.draclaims import (
 from sriovlib.agent.drastore import PreparedClaim, PreparedClaims, PreparedDevice
 from sriovlib.agent.grants import CDI_VERSION
 from sriovlib.exceptions import DeviceNotFound, SriovError
-from sriovlib.host import Host
+from sriovlib.host import USERSPACE_DRIVERS, Host
 from sriovlib.models import AttachSnapshot, ContainerDevices, PciAddress, VfConfig, VirtualFunction
+from sriovlib.plugins.types import DeviceType
 
 __all__ = ["Preparer", "cdi_kind", "device_address", "device_name"]
 
@@ -118,6 +129,8 @@ class Preparer:
         refusal: Why the VF at an address may not be prepared (the agent's pools give
             it to the device plugin, or to none), or None when it may; without it, any
             VF of the node may be.
+        holder: Who else holds the VF at an address now (a CNI attachment), or None:
+            such a VF is not rebound to another driver.
     """
 
     def __init__(
@@ -129,15 +142,38 @@ class Preparer:
         cdi_dir: Path,
         driver: str,
         refusal: Callable[[PciAddress], str | None] | None = None,
+        holder: Callable[[PciAddress], str | None] | None = None,
     ) -> None:
         self.host = host
         self.refusal = refusal
+        self.holder = holder
         self.claims = claims
         self.store = store
         self.cdi_dir = cdi_dir
         self.driver = driver
         # one claim at a time: the check that no other claim holds a VF needs it
         self._lock = threading.Lock()
+        self._rebound = self._rebound_in(store.records())
+
+    @staticmethod
+    def _rebound_in(
+        records: tuple[PreparedClaim, ...],
+    ) -> Mapping[str, tuple[str | None, str | None]]:
+        return {
+            str(d.address): (d.rebind.get("driver"), d.rebind.get("netdev"))
+            for r in records
+            for d in r.devices
+            if d.rebind is not None
+        }
+
+    def rebound(self) -> Mapping[str, tuple[str | None, str | None]]:
+        """The VFs prepared claims have bound to another driver (or are binding), by
+        address: the driver and netdev name each had before, what its pool knows it by
+        (the health watch does not count the claim's driver against it)."""
+        return self._rebound
+
+    def _note_rebound(self) -> None:
+        self._rebound = self._rebound_in(self.store.records())
 
     def spec_path(self, uid: str) -> Path:
         """The CDI spec file of claim *uid*."""
@@ -175,10 +211,23 @@ class Preparer:
                     f"the API server's {ref.namespace}/{ref.name} has uid {claim.ref.uid}, "
                     f"not {ref.uid}: the claim was deleted and made again"
                 )
-            record = self._prepare(ref, claim)
-            if any(d.previous is not None for d in record.devices):
+            record, found = self._prepare(ref, claim)
+            if any(d.previous is not None or d.rebind is not None for d in record.devices):
                 self.store.put(record)  # the VFs' previous state, before any change
-                self._apply(record)
+                try:
+                    record = self._change(record, found)
+                except (SriovError, OSError) as e:
+                    try:
+                        self._restore(record)
+                    except (SriovError, OSError) as again:
+                        e.add_note(
+                            f"restoring the claim's VFs failed too (kept for a retry): {again}"
+                        )
+                    else:
+                        self.store.remove(record.claim.uid)
+                    raise
+                finally:
+                    self._note_rebound()
             record = attrs.evolve(record, complete=True)
             self._write_spec(Path(record.cdi_spec), record.spec)
             self.store.put(record)
@@ -197,7 +246,9 @@ class Preparer:
                 self._restore(record)  # raises, keeping the record, if it cannot
             path = Path(record.cdi_spec) if record is not None else self.spec_path(ref.uid)
             path.unlink(missing_ok=True)
-            return self.store.remove(ref.uid)
+            removed = self.store.remove(ref.uid)
+            self._note_rebound()
+            return removed
 
     def prepared(self) -> tuple[PreparedClaim, ...]:
         """Every claim prepared now."""
@@ -205,7 +256,10 @@ class Preparer:
 
     # -- the work ----------------------------------------------------------------------
 
-    def _prepare(self, ref: ClaimRef, claim: ResourceClaim) -> PreparedClaim:
+    def _prepare(self, ref: ClaimRef, claim: ResourceClaim) -> tuple[PreparedClaim, list[_Found]]:
+        """Check every device of *claim* and read what a restore needs, changing
+        nothing: the record to write first (its spec that of the VFs as they are) and
+        what was found."""
         held = {
             str(d.address): r.claim
             for r in self.store.records()
@@ -213,7 +267,7 @@ class Preparer:
             for d in r.devices
         }
         kind = cdi_kind(self.driver)
-        found: list[tuple[AllocatedDevice, VirtualFunction, VfSettings, ContainerDevices]] = []
+        found: list[_Found] = []
         for device in claim.devices:
             address = device_address(device.device)
             where = f"device {device.device} ({address}) of request {device.request!r}"
@@ -224,73 +278,98 @@ class Preparer:
                 raise ClaimError(f"{where} is not this driver's to prepare: {refused}")
             settings = claim.settings(device.request)
             vf = self._vf(address, where)
-            self._check_driver(vf, settings, where)
-            needs = self.host.container_devices(vf, rdma=bool(vf.rdma_devices))
-            if needs.missing:
-                raise ClaimError(f"{where}: device node missing on the node: "
-                                 f"{', '.join(needs.missing)}")  # fmt: skip
-            found.append((device, vf, settings, needs))
-        by_request: dict[str, list[tuple[VirtualFunction, ContainerDevices]]] = {}
-        for device, vf, _, needs in found:
-            by_request.setdefault(device.request, []).append((vf, needs))
-        cdi_devices = []
+            bind = self._bind_to(vf, settings, where)
+            needs = ContainerDevices()
+            if bind is None:  # a rebound VF's needs are known once it is bound
+                needs = self._needs(vf, where)
+            found.append(_Found(device, vf, settings, needs, bind))
         prepared = []
-        for device, vf, settings, needs in found:
-            name = f"{ref.uid}-{device.device}"
+        for item in found:
+            vf = item.vf
             previous = None
-            if settings.vf_config.fields():
+            if item.settings.vf_config.fields():
                 # what unprepare restores, read now and changing nothing (the CNI's
                 # snapshot: the VF's settings through its PF, its netdev on the host)
                 ifname = vf.netdev or f"vf{vf.index}"  # a netdev name; unused without one
                 snapshot = attrs.evolve(self.host.snapshot(vf, _HOST_NETNS, ifname), netns=None)
                 previous = snapshot.to_dict()
-            cdi_devices.append(
-                {"name": name, "containerEdits": self._edits(device.request, by_request, needs)}
-            )
+            rebind = None
+            if item.bind is not None:
+                rebind = {"driver": vf.driver, "netdev": vf.netdev, "to": str(item.bind)}
+            name = f"{ref.uid}-{item.device.device}"
             prepared.append(
                 PreparedDevice(
-                    request=device.request,
-                    pool=device.pool,
-                    device=device.device,
+                    request=item.device.request,
+                    pool=item.device.pool,
+                    device=item.device.device,
                     address=vf.address,
                     cdi_device_ids=(f"{kind}={name}",),
-                    settings=settings.to_json(),
+                    settings=item.settings.to_json(),
                     previous=previous,
+                    rebind=rebind,
                 )
             )
-        spec = {"cdiVersion": CDI_VERSION, "kind": kind, "devices": cdi_devices}
-        return PreparedClaim(
+        record = PreparedClaim(
             claim=ref,
             driver=self.driver,
             devices=tuple(prepared),
             cdi_spec=str(self.spec_path(ref.uid)),
-            spec=spec,
+            spec=self._spec(ref, found),
             prepared_at=datetime.now(UTC),
             complete=False,
+            reserved_for=claim.reserved_for,
+            pod_claim=claim.pod_claim,
         )
+        return record, found
 
-    def _apply(self, record: PreparedClaim) -> None:
-        """Apply each device's VF settings through the host (``Host.configure_vf``: only
-        what differs, verified, its own steps undone if one fails). If a device fails,
-        the devices done before it are restored, the record dropped, and the error
-        raised with a note saying how the restore went."""
+    def _change(self, record: PreparedClaim, found: list[_Found]) -> PreparedClaim:
+        """Bind each VF the claim wants on another driver to it (the spec made again from
+        the VFs as they are then), then apply each device's VF settings through the host
+        (``Host.configure_vf``: only what differs, verified, its own steps undone if one
+        fails). The caller restores the claim's VFs if this raises."""
+        rebound = False
+        for i, item in enumerate(found):
+            if item.bind is None:
+                continue
+            where = (
+                f"device {item.device.device} ({item.vf.address}) of request "
+                f"{item.device.request!r}"
+            )
+            vf = self.host.bind_driver(item.vf, item.bind)
+            if not self._bound_as(vf, item.bind):
+                raise ClaimError(
+                    f"{where} did not bind to {item.bind} (it has {vf.driver or 'no driver'})"
+                )
+            log.info(
+                "VF rebound",
+                extra={"vf": str(vf.address), "from": item.vf.driver, "to": vf.driver},
+            )
+            found[i] = attrs.evolve(item, vf=vf, needs=self._needs(vf, where))
+            rebound = True
+        if rebound:
+            record = attrs.evolve(record, spec=self._spec(record.claim, found))
         for device in record.devices:
             if device.previous is None:
                 continue
-            try:
-                self.host.configure_vf(device.address, _vf_config(device.settings))
-            except (SriovError, OSError) as e:
-                try:
-                    self._restore(record)
-                except (SriovError, OSError) as again:
-                    e.add_note(f"restoring the claim's VFs failed too (kept for a retry): {again}")
-                else:
-                    self.store.remove(record.claim.uid)
-                raise
+            self.host.configure_vf(device.address, _vf_config(device.settings))
             log.info(
                 "VF settings applied",
                 extra={"vf": str(device.address), "settings": dict(device.settings)},
             )
+        return record
+
+    def _spec(self, ref: ClaimRef, found: list[_Found]) -> dict[str, Any]:
+        by_request: dict[str, list[tuple[VirtualFunction, ContainerDevices]]] = {}
+        for item in found:
+            by_request.setdefault(item.device.request, []).append((item.vf, item.needs))
+        devices = [
+            {
+                "name": f"{ref.uid}-{item.device.device}",
+                "containerEdits": self._edits(item.device.request, by_request, item.needs),
+            }
+            for item in found
+        ]
+        return {"cdiVersion": CDI_VERSION, "kind": cdi_kind(self.driver), "devices": devices}
 
     def _restore(self, record: PreparedClaim) -> None:
         """Put every device of *record* back as it was before its settings (the CNI's
@@ -298,7 +377,7 @@ class Preparer:
         every device is tried, the first failure raised with the others as notes."""
         failures: list[Exception] = []
         for device in reversed(record.devices):
-            if device.previous is None:
+            if device.previous is None and device.rebind is None:
                 continue
             try:
                 self.host.vf(device.address)
@@ -306,6 +385,10 @@ class Preparer:
                 log.warning("VF gone: nothing to restore", extra={"vf": str(device.address)})
                 continue
             try:
+                if device.rebind is not None:
+                    self._bind_back(device)
+                if device.previous is None:
+                    continue
                 try:
                     snapshot = AttachSnapshot.from_dict(dict(device.previous))
                 except (ValueError, TypeError, KeyError) as e:
@@ -342,18 +425,71 @@ class Preparer:
             raise ClaimError(f"{where} is not a VF")
         return function
 
-    @staticmethod
-    def _check_driver(vf: VirtualFunction, settings: VfSettings, where: str) -> None:
+    def _bind_to(self, vf: VirtualFunction, settings: VfSettings, where: str) -> DeviceType | None:
+        """The device type whose driver *vf* must be bound to for *settings*, or None
+        when it is on a fitting driver; :class:`ClaimError` if it cannot be rebound."""
+        if settings.driver is None:
+            return None
+        if settings.driver is VfDriver.VFIO_PCI:
+            wanted = DeviceType.VFIO
+            target = self.host.hooks(vf.pf_address).vf_driver(vf, wanted)
+            if target is not None and vf.driver == target:
+                return None  # vfio-pci, or a bifurcated driver's own (mlx5_core)
+        else:
+            wanted = DeviceType.NETDEVICE
+            if vf.driver is not None and vf.driver not in USERSPACE_DRIVERS:
+                return None
         bound = vf.driver or "no driver"
-        if settings.driver is VfDriver.VFIO_PCI and vf.driver != "vfio-pci":
+        why = self.host.bind_problem(vf, wanted)
+        if why is None and self.holder is not None:
+            holder = self.holder(vf.address)
+            if holder is not None:
+                why = f"it is held by {holder}"
+        if why is None and vf.netdev is None and vf.driver not in (None, *USERSPACE_DRIVERS):
+            why = "its netdev is not in the host's namespace (in a pod?)"
+        if why is not None:
             raise ClaimError(
-                f"{where} is bound to {bound}, and the claim asks for vfio-pci "
-                "(rebinding at prepare is not built yet)"
+                f"{where} is bound to {bound}, and the claim asks for {settings.driver}: "
+                f"it cannot be rebound: {why}"
             )
-        if settings.driver is VfDriver.NETDEVICE and vf.driver in (None, "vfio-pci"):
-            raise ClaimError(
-                f"{where} is bound to {bound}, and the claim asks for its network driver "
-                "(rebinding at prepare is not built yet)"
+        return wanted
+
+    @staticmethod
+    def _bound_as(vf: VirtualFunction, wanted: DeviceType) -> bool:
+        if wanted is DeviceType.VFIO:
+            return vf.driver is not None
+        return vf.driver is not None and vf.driver not in USERSPACE_DRIVERS
+
+    def _needs(self, vf: VirtualFunction, where: str) -> ContainerDevices:
+        needs = self.host.container_devices(vf, rdma=bool(vf.rdma_devices))
+        if needs.missing:
+            raise ClaimError(f"{where}: device node missing on the node: "
+                             f"{', '.join(needs.missing)}")  # fmt: skip
+        return needs
+
+    def _bind_back(self, device: PreparedDevice) -> None:
+        """Bind a VF the claim rebound to the driver it had (its netdev name too), unless
+        a CNI attachment holds it now (the unbind would take the netdev from the pod)."""
+        assert device.rebind is not None  # noqa: S101 - the caller checked
+        driver = device.rebind.get("driver")
+        netdev = device.rebind.get("netdev")
+        if self.holder is not None:
+            holder = self.holder(device.address)
+            if holder is not None:
+                raise ClaimError(
+                    f"VF {device.address} is held by {holder}: not bound back to "
+                    f"{driver or 'no driver'} while it is"
+                )
+        before = self.host.bound_driver(device.address)
+        vf = self.host.bind_back(
+            device.address,
+            str(driver) if driver is not None else None,
+            str(netdev) if netdev is not None else None,
+        )
+        if before != vf.driver:
+            log.info(
+                "VF bound back",
+                extra={"vf": str(device.address), "from": before, "to": vf.driver},
             )
 
     def _edits(
@@ -390,6 +526,17 @@ class Preparer:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(spec, indent=1, sort_keys=True).encode() + b"\n", 0o644)
+
+
+@attrs.frozen
+class _Found:
+    """A device of a claim as the prepare found it on the node."""
+
+    device: AllocatedDevice
+    vf: VirtualFunction
+    settings: VfSettings
+    needs: ContainerDevices
+    bind: DeviceType | None  # the device type to bind it to, None when it stays
 
 
 def _vf_config(settings: Mapping[str, Any]) -> VfConfig:

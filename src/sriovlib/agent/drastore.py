@@ -14,7 +14,9 @@ The record holds the claim (namespace, name, UID), each device (request, pool, d
 name, PCI address, CDI device IDs, the VF settings its configuration asked for), the
 CDI spec file's name and its whole content, so the spec can be written again from the
 record alone; and for a claim that asked for VF settings, each VF's state before they
-were applied (``previous``), written before the first change with ``complete`` false.
+were applied (``previous``), and for a VF the claim rebound to another driver the
+driver and netdev name it had (``rebind``), written before the first change with
+``complete`` false.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ class PreparedDevice:
     #: The VF as it was before its settings were applied (``AttachSnapshot.to_dict``),
     #: what unprepare restores; None when the claim asked for no VF setting.
     previous: Mapping[str, Any] | None = attrs.field(default=None, eq=False)
+    #: When the claim asked for another driver than the VF had: what unprepare binds it
+    #: back to, ``{"driver": <driver or None>, "netdev": <its name or None>, "to":
+    #: <netdevice or vfio-pci>}``, recorded before the rebind; None when not rebound.
+    rebind: Mapping[str, Any] | None = attrs.field(default=None, eq=False)
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -65,6 +71,8 @@ class PreparedDevice:
         }
         if self.previous is not None:
             data["previous"] = dict(self.previous)
+        if self.rebind is not None:
+            data["rebind"] = dict(self.rebind)
         return data
 
     @classmethod
@@ -77,6 +85,7 @@ class PreparedDevice:
             cdi_device_ids=tuple(str(i) for i in data["cdiDeviceIDs"]),
             settings=dict(data.get("settings", {})),
             previous=dict(data["previous"]) if data.get("previous") is not None else None,
+            rebind=dict(data["rebind"]) if data.get("rebind") is not None else None,
         )
 
 

@@ -25,7 +25,7 @@ import enum
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,9 @@ class Granter:
         self.host = host
         self.device_info_dir = device_info_dir
         self.cdi_dir = cdi_dir
+        #: The VFs a prepared DRA claim bound to another driver, by address: their
+        #: driver is the claim's, not a sign of someone else's rebind.
+        self.rebound: Callable[[], Mapping[str, object]] = dict
 
     def grant(self, resource: Resource, ids: Sequence[str]) -> Grant:
         """Grant *ids* of *resource* to one container.
@@ -162,14 +165,14 @@ class Granter:
                 driver = self.host.bound_driver(device.device.address)
         except SriovError as e:
             return f"gone from the node ({e})", ContainerDevices()
-        if driver != device.device.driver:
+        if driver != device.device.driver and str(device.device.address) not in self.rebound():
             return (
                 f"bound to {driver or 'no driver'}, not "
                 f"{device.device.driver or 'none'} as when the pool was built",
                 ContainerDevices(),
             )
-        if not device_nodes:
-            return None, ContainerDevices()
+        if not device_nodes or driver != device.device.driver:
+            return None, ContainerDevices()  # a claim's VF on its driver: the claim's needs
         needs = self._needs(device, function)
         if needs.missing:
             return f"device node missing on the node: {', '.join(needs.missing)}", needs

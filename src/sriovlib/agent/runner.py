@@ -218,7 +218,9 @@ class Agent:
                 options.dra,
                 refusal=self._dra_refusal,
                 on_registered=self._dra_registered,
+                holder=self._cni_holder,
             )
+            self.granter.rebound = self.dra.preparer.rebound
             if api is not None:
                 if not node_name:
                     raise ValueError("publishing ResourceSlices needs the node's name")
@@ -255,6 +257,11 @@ class Agent:
                 )
         return "it is in no pool of the agent's config"
 
+    def _cni_holder(self, address: PciAddress) -> str | None:
+        """Which CNI attachment holds the VF at *address*, or None."""
+        allocation = self.attachments.store.get(address)
+        return None if allocation is None else f"the CNI attachment of {allocation.owner}"
+
     def _held(self) -> frozenset[str]:
         try:
             return frozenset(str(a) for a in self.attachments.store.allocated())
@@ -263,8 +270,22 @@ class Agent:
             return frozenset()
 
     def discover(self) -> list[Resource]:
-        """Read the node and build one resource per pool with devices."""
-        devices = discover_devices(self.host.inventory(), self.host.selector_facts())
+        """Read the node and build one resource per pool with devices (a VF a DRA claim
+        bound to another driver as it was before: the claim's driver is not its pool's)."""
+        inventory = self.host.inventory()
+        rebound = self.dra.preparer.rebound() if self.dra is not None else {}
+        if rebound:
+            inventory = attrs.evolve(
+                inventory,
+                vfs=tuple(
+                    attrs.evolve(vf, driver=rebound[str(vf.address)][0],
+                                 netdev=rebound[str(vf.address)][1])
+                    if str(vf.address) in rebound
+                    else vf
+                    for vf in inventory.vfs
+                ),
+            )  # fmt: skip
+        devices = discover_devices(inventory, self.host.selector_facts())
         for members in assign(self.config, devices).pools:
             if not members.devices:
                 log.warning(

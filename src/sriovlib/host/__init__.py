@@ -288,6 +288,20 @@ class Host:
         """Bind a VF to *device_type*'s driver: :meth:`.Drivers.bind_driver`."""
         return self._drivers.bind_driver(vf, device_type)
 
+    def bind_problem(
+        self, vf: VirtualFunction | PciAddress | str, device_type: DeviceType
+    ) -> str | None:
+        """Why binding a VF to *device_type*'s driver would fail now, or None:
+        :meth:`.Drivers.bind_problem`."""
+        return self._drivers.bind_problem(vf, device_type)
+
+    def bind_back(
+        self, vf: VirtualFunction | PciAddress | str, driver: str | None, netdev: str | None
+    ) -> VirtualFunction:
+        """Bind a VF to the driver it had before (its netdev named so again):
+        :meth:`.Drivers.bind_back`."""
+        return self._drivers.bind_back(vf, driver, netdev)
+
     # -- attach and release (attach.py) --------------------------------------------------
 
     def snapshot(

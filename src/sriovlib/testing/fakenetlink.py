@@ -18,8 +18,9 @@ It enforces the kernel's rules rather than accepting everything:
 - ``sriov_numvfs`` changes only through 0 (EBUSY), is at most ``sriov_totalvfs``
   (ERANGE), and a change destroys every VF netdev, wherever it is;
 - ``drivers_probe`` binds the ``driver_override`` driver (else the one matching the PCI
-  id); ``vfio-pci`` takes only a function in an IOMMU group, unless vfio's no-IOMMU
-  mode is on (a ``bind`` is EINVAL, a probe leaves the function unbound, as the kernel);
+  id: the kernel driver another function of the same ids has); ``vfio-pci`` takes only
+  a function in an IOMMU group, unless vfio's no-IOMMU mode is on (a ``bind`` is
+  EINVAL, a probe leaves the function unbound, as the kernel);
 - VF settings follow the PF driver's :class:`DriverRules`; :data:`DRIVER_RULES` holds
   what the real igb driver does (measured in the VM tier: ``link_state`` and
   ``query_rss`` EOPNOTSUPP, ``min_tx_rate > 0`` EINVAL, ``max_tx_rate`` only
@@ -526,11 +527,24 @@ class FakeNetlink:
             return
         override = _read(device / "driver_override")
         driver = override if override not in (None, "", "(null)") else None
-        driver = driver or self._id_driver.get(address)
+        driver = driver or self._id_driver.get(address) or self._id_match(device)
         if driver == "vfio-pci" and not self._vfio_can_take(device):
             return  # the probe fails; drivers_probe reports no error, the VF stays unbound
         if driver is not None:
             self._bind(driver, address)
+
+    def _id_match(self, device: Path) -> str | None:
+        """The kernel driver whose PCI id table matches *device*: here, the driver
+        another function with the same vendor and device id is bound to (never a
+        userspace one, which matches no id but through ``driver_override``)."""
+        ids = (_read(device / "vendor"), _read(device / "device"))
+        for other in sorted((self.fs.sys / "bus/pci/devices").iterdir()):
+            if (_read(other / "vendor"), _read(other / "device")) != ids:
+                continue
+            driver = _basename(other / "driver") or self._id_driver.get(other.name)
+            if driver is not None and driver not in _USERSPACE:
+                return driver
+        return None
 
     def _vfio_can_take(self, device: Path) -> bool:
         """vfio-pci binds a function in an IOMMU group, or any in no-IOMMU mode."""
