@@ -35,6 +35,7 @@ from sriovlib.agent.draslices import SlicePublisher
 from sriovlib.agent.grants import Granter
 from sriovlib.agent.health import RESCAN_INTERVAL, HealthWatch
 from sriovlib.agent.kubelet import PluginServer, Supervisor
+from sriovlib.agent.ondemand import OnDemand, OnDemandMode, OnDemandOptions, Resizer
 from sriovlib.agent.podresources import PodResourcesClient
 from sriovlib.agent.reclaim import DEFAULT_GRACE, Reclaimer, ReclaimMode
 from sriovlib.agent.resources import Resource, build_resources
@@ -48,6 +49,7 @@ from sriovlib.pools import DEFAULT_PREFIX, Pool, PoolConfig, assign, discover_de
 if TYPE_CHECKING:
     from sriovlib.agent.kubeapi import KubeClient
     from sriovlib.agent.metrics import Metrics
+    from sriovlib.policy import VfBudget
 
 __all__ = [
     "DEFAULT_CDI_DIR",
@@ -86,6 +88,7 @@ class AgentOptions:
         pod_resources_socket: The kubelet's pod-resources socket, whose absence of a
             served device from every pod is another sign of an orphan; None: not used.
         dra: How the DRA kubelet plugin serves, or None for none.
+        on_demand: How the DRA driver's VFs on demand run (PFs with a ``vfBudget``).
     """
 
     resource_prefix: str = DEFAULT_PREFIX
@@ -103,6 +106,7 @@ class AgentOptions:
     cni_socket: Path | None = None
     pod_resources_socket: Path | None = None
     dra: DraOptions | None = None
+    on_demand: OnDemandOptions = attrs.field(factory=OnDemandOptions)
 
     def for_dra(self, resource: Resource) -> bool:
         """Whether *resource* is served as DRA devices (published in ResourceSlices,
@@ -158,7 +162,10 @@ class Agent:
     parse is logged and the running one kept). With ``options.dra`` and *api*, the DRA
     plugin reads ResourceClaims from the API server and the pools' VFs are published as
     ResourceSlices of node *node_name*; without *api* claims come from *claims* (default:
-    :class:`~sriovlib.agent.draclaims.NoApiServer`) and nothing is published.
+    :class:`~sriovlib.agent.draclaims.NoApiServer`) and nothing is published. With
+    *budgets* (the PFs of a policy's ``vfBudget``) and slices published, the DRA driver
+    makes VFs on demand (:class:`~sriovlib.agent.ondemand.OnDemand`), changing the
+    counts through *resize*.
     """
 
     def __init__(
@@ -171,6 +178,8 @@ class Agent:
         claims: ClaimSource | None = None,
         api: KubeClient | None = None,
         node_name: str | None = None,
+        budgets: Mapping[PciAddress, VfBudget] | None = None,
+        resize: Resizer | None = None,
     ) -> None:
         self.host = host
         self.config = config
@@ -231,6 +240,29 @@ class Agent:
                     node_name=node_name,
                     resources=self.dra_resources,
                 )
+        self.on_demand: OnDemand | None = None
+        if budgets and options.dra is not None and api is None:
+            log.warning("VFs on demand need API server access: the vfBudget PFs stay as they are")
+        if (
+            api is not None
+            and self.slices is not None
+            and options.dra is not None
+            and budgets
+            and options.on_demand.mode is not OnDemandMode.OFF
+        ):
+            self.on_demand = OnDemand(
+                api,
+                host,
+                driver=options.dra.driver_name,
+                node_name=str(node_name),
+                budgets=budgets,
+                publisher=self.slices,
+                held_here=self._held_here,
+                reconcile=self.reconcile,
+                resize=resize,
+                options=options.on_demand,
+                registry=self.metrics.registry,
+            )
         self._functions: frozenset[str] = frozenset()
         self._lock = threading.RLock()
 
@@ -261,6 +293,14 @@ class Agent:
         """Which CNI attachment holds the VF at *address*, or None."""
         allocation = self.attachments.store.get(address)
         return None if allocation is None else f"the CNI attachment of {allocation.owner}"
+
+    def _held_here(self) -> frozenset[PciAddress]:
+        """The VFs held on this node: by prepared DRA claims and CNI attachments (raises
+        what the stores raise: the VFs on demand change nothing they cannot read)."""
+        held = set(self.attachments.store.allocated())
+        if self.dra is not None:
+            held.update(d.address for c in self.dra.preparer.store.records() for d in c.devices)
+        return frozenset(held)
 
     def _held(self) -> frozenset[str]:
         try:
@@ -336,6 +376,8 @@ class Agent:
             self.dra.start()
         if self.slices is not None:
             self.slices.start()
+        if self.on_demand is not None:
+            self.on_demand.start()
 
     def _serve(self, resource: Resource) -> None:
         service = DevicePluginService(
@@ -487,6 +529,8 @@ class Agent:
         """Finish the CNI invocations under way, end the streams, stop supervising and
         serving, remove the sockets."""
         began = time.monotonic()
+        if self.on_demand is not None:
+            self.on_demand.stop()
         if self.dra is not None:
             self.dra.stop()
         if self.cni is not None:

@@ -260,6 +260,22 @@ def register(subparsers: Any) -> None:
         "(default: $NODE_NAME, else the host name: %(default)s)",
     )
     parser.add_argument(
+        "--dra-on-demand",
+        choices=("on", "dry-run", "off"),
+        default="on",
+        help="with --dra and a --policy giving PFs a vfBudget: raise a PF's VF count "
+        "within it when pending claims need a VF, and give idle VFs back; or only log "
+        "what would change, or neither (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--dra-idle-seconds",
+        metavar="SECONDS",
+        type=_seconds,
+        default=300.0,
+        help="with --dra-on-demand: how long VFs above a vfBudget's min stay free before "
+        "they are given back (default: %(default)s)",
+    )
+    parser.add_argument(
         "--allocation-policy",
         choices=("pack", "spread"),
         default="pack",
@@ -360,6 +376,7 @@ def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; exit 0 after a clean stop."""
     from sriovlib.agent import logs
     from sriovlib.agent.dra import DraOptions
+    from sriovlib.agent.ondemand import OnDemandMode, OnDemandOptions, PolicyResizer
     from sriovlib.agent.reclaim import ReclaimMode
     from sriovlib.agent.runner import Agent, AgentOptions, ConfigFile
     from sriovlib.allocation import Policy
@@ -389,8 +406,10 @@ def run(args: argparse.Namespace) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         with open_host(args) as host:
+            budgets: dict[Any, Any] = {}
             if policies is not None:
                 config = _apply_policy(host, policies, log)
+                budgets = _budgets(host, policies, log, dra=args.dra)
             carrier_default, carrier_pools = _carrier_settings(
                 args.pf_carrier_health, config, args.resource_prefix
             )
@@ -419,6 +438,9 @@ def run(args: argparse.Namespace) -> int:
                 )
                 if args.dra
                 else None,
+                on_demand=OnDemandOptions(
+                    mode=OnDemandMode(args.dra_on_demand), idle_seconds=args.dra_idle_seconds
+                ),
             )
             source = None
             if policies is None and args.config != "-":  # standard input is read once
@@ -430,7 +452,14 @@ def run(args: argparse.Namespace) -> int:
                 )
             api = _api_client(args, log) if args.dra else None
             agent = Agent(
-                host, config, options, config_file=source, api=api, node_name=args.node_name
+                host,
+                config,
+                options,
+                config_file=source,
+                api=api,
+                node_name=args.node_name,
+                budgets=budgets,
+                resize=PolicyResizer(host, policies) if policies is not None else None,
             )
             try:
                 agent.start()
@@ -470,6 +499,21 @@ def _api_client(args: argparse.Namespace, log: logging.Logger) -> Any:
         return None
     log.info("API server", extra={"server": config.server, "credentials": config.source})
     return KubeClient(config)
+
+
+def _budgets(host: Any, policies: Any, log: logging.Logger, *, dra: bool) -> dict[Any, Any]:
+    """The PFs the policies give a vfBudget, by address (logged when --dra is not
+    there to use them)."""
+    from sriovlib.policy import merge
+
+    budgets = {t.pf.address: t.budget for t in merge(policies.policies, host.inventory()).pfs
+               if t.budget is not None}  # fmt: skip
+    if budgets and not dra:
+        log.warning(
+            "vfBudget without --dra: the PFs keep the count apply gave them",
+            extra={"pfs": sorted(str(a) for a in budgets)},
+        )
+    return budgets
 
 
 def _apply_policy(host: Any, policies: Any, log: logging.Logger) -> PoolConfig:
