@@ -47,6 +47,7 @@ __all__ = [
     "CONFIG_API_VERSION",
     "CONFIG_KIND",
     "DEFAULT_DRIVER_NAME",
+    "POD_CLAIM_ANNOTATION",
     "AllocatedDevice",
     "ApiServerClaims",
     "ClaimError",
@@ -55,6 +56,7 @@ __all__ = [
     "ClaimUnavailable",
     "NoApiServer",
     "OpaqueConfig",
+    "PodRef",
     "ResourceClaim",
     "VfDriver",
     "VfSettings",
@@ -73,6 +75,9 @@ _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS_SUBDOMAIN = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
 _UID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}")
 _CONFIG_KEYS = ("apiVersion", "kind", "driver", *SETTING_KEYS)
+#: The annotation the resource-claim controller puts on a claim it makes from a pod's
+#: ResourceClaimTemplate: the pod's own name for the claim (``spec.resourceClaims[].name``).
+POD_CLAIM_ANNOTATION = "resource.kubernetes.io/pod-claim-name"
 
 
 class ClaimError(SriovError):
@@ -172,12 +177,31 @@ class OpaqueConfig:
 
 
 @attrs.frozen
+class PodRef:
+    """A pod a claim is reserved for (an entry of ``status.reservedFor``; the pod is in
+    the claim's namespace)."""
+
+    name: str
+    uid: str
+
+
+@attrs.frozen
 class ResourceClaim:
-    """What this driver needs of one ResourceClaim."""
+    """What this driver needs of one ResourceClaim.
+
+    Attributes:
+        reserved_for: The pods the claim is reserved for (the scheduler reserves it for
+            its pod before binding the pod, so they are known when the kubelet prepares);
+            other kinds of consumer are left out.
+        pod_claim: The pod's name for a claim made from its ResourceClaimTemplate
+            (:data:`POD_CLAIM_ANNOTATION`), or None.
+    """
 
     ref: ClaimRef
     devices: tuple[AllocatedDevice, ...]
     configs: tuple[OpaqueConfig, ...]
+    reserved_for: tuple[PodRef, ...] = ()
+    pod_claim: str | None = None
 
     def settings(self, request: str) -> VfSettings:
         """The VF settings for the devices of *request*: the entries that apply to it
@@ -277,7 +301,28 @@ def parse_resource_claim(data: object, driver: str) -> ResourceClaim:
     if not mine:
         raise ClaimError(f"no device of the claim's allocation is of driver {driver}")
     configs = _configs(devices.get("config"), driver)
-    return ResourceClaim(ref, tuple(mine), configs)
+    annotations = _object(meta.get("annotations") or {}, "metadata.annotations")
+    pod_claim = annotations.get(POD_CLAIM_ANNOTATION)
+    return ResourceClaim(
+        ref,
+        tuple(mine),
+        configs,
+        reserved_for=_reserved_for(status.get("reservedFor")),
+        pod_claim=pod_claim if isinstance(pod_claim, str) and pod_claim else None,
+    )
+
+
+def _reserved_for(data: object) -> tuple[PodRef, ...]:
+    """The pods of ``status.reservedFor`` (``resource: pods`` in the core group)."""
+    pods = []
+    for i, item in enumerate(_list(data, "status.reservedFor")):
+        where = f"status.reservedFor[{i}]"
+        entry = _object(item, where)
+        if entry.get("resource") != "pods" or entry.get("apiGroup") not in (None, ""):
+            continue
+        pods.append(PodRef(_string(entry.get("name"), f"{where}.name"),
+                           _string(entry.get("uid"), f"{where}.uid")))  # fmt: skip
+    return tuple(pods)
 
 
 def _configs(data: object, driver: str) -> tuple[OpaqueConfig, ...]:

@@ -16,7 +16,10 @@ CDI spec file's name and its whole content, so the spec can be written again fro
 record alone; and for a claim that asked for VF settings, each VF's state before they
 were applied (``previous``), and for a VF the claim rebound to another driver the
 driver and netdev name it had (``rebind``), written before the first change with
-``complete`` false.
+``complete`` false; the pods the claim was reserved for when it was prepared
+(``reservedFor``) and the pod's name for the claim (``podClaimName``), which the CNI
+plugin reads to give a pod the VF of its claim (:mod:`sriovlib.preparedvfs`; a record
+written before those keys has none).
 """
 
 from __future__ import annotations
@@ -32,14 +35,12 @@ from typing import Any
 import attrs
 
 from sriovlib._files import TEMP_PREFIX, locked_dir, read_private, sync_directory, write_atomic
-from sriovlib.agent.draclaims import ClaimRef
+from sriovlib.agent.draclaims import ClaimRef, PodRef
 from sriovlib.allocation import StoreError
 from sriovlib.models import PciAddress
+from sriovlib.preparedvfs import RECORD_FORMAT
 
 __all__ = ["RECORD_FORMAT", "PreparedClaim", "PreparedClaims", "PreparedDevice"]
-
-#: The version of the record format, written into every record.
-RECORD_FORMAT = 1
 
 
 @attrs.frozen
@@ -103,9 +104,12 @@ class PreparedClaim:
     #: settings may be half applied and the spec may not be written yet. A record found
     #: so (the agent was killed) is restored and prepared again, or restored at unprepare.
     complete: bool = attrs.field(default=True, eq=False)
+    #: The pods the claim is reserved for, and the pod's name for the claim.
+    reserved_for: tuple[PodRef, ...] = attrs.field(default=(), eq=False)
+    pod_claim: str | None = attrs.field(default=None, eq=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "format": RECORD_FORMAT,
             "complete": self.complete,
             "driver": self.driver,
@@ -118,7 +122,11 @@ class PreparedClaim:
             "devices": [d.to_json() for d in self.devices],
             "cdiSpecFile": self.cdi_spec,
             "cdiSpec": dict(self.spec),
+            "reservedFor": [{"name": p.name, "uid": p.uid} for p in self.reserved_for],
         }
+        if self.pod_claim is not None:
+            data["podClaimName"] = self.pod_claim
+        return data
 
     @classmethod
     def from_json(cls, data: object) -> PreparedClaim:
@@ -134,6 +142,10 @@ class PreparedClaim:
             spec=dict(data["cdiSpec"]),
             prepared_at=datetime.fromisoformat(str(data["preparedAt"])),
             complete=bool(data.get("complete", True)),
+            reserved_for=tuple(
+                PodRef(str(p["name"]), str(p["uid"])) for p in data.get("reservedFor", ())
+            ),
+            pod_claim=str(data["podClaimName"]) if data.get("podClaimName") else None,
         )
 
 

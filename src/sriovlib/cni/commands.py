@@ -82,7 +82,14 @@ from sriovlib.exceptions import (
     SriovError,
 )
 from sriovlib.host import Host
-from sriovlib.models import ZERO_MAC, InvalidVfConfig
+from sriovlib.models import ZERO_MAC, InvalidVfConfig, PciAddress
+from sriovlib.preparedvfs import (
+    ClaimedVfAttached,
+    NoClaimedVf,
+    SeveralClaimedVfs,
+    choose,
+    read_prepared,
+)
 
 if TYPE_CHECKING:
     from sriovlib.plugins.manager import Plugins
@@ -377,7 +384,7 @@ def _log_requests(ctx: Context, started: float) -> None:
 # -- errors --------------------------------------------------------------------------------------
 
 
-def cni_error(error: BaseException, command: str) -> CniError:  # noqa: PLR0911 - one per family
+def cni_error(error: BaseException, command: str) -> CniError:  # noqa: PLR0911, PLR0912 - one per family
     """A domain exception as the CNI error a runtime should see; its notes (what the
     rollback did, what else failed) go into the details."""
     notes = "; ".join(getattr(error, "__notes__", None) or [])
@@ -406,12 +413,25 @@ def cni_error(error: BaseException, command: str) -> CniError:  # noqa: PLR0911 
         return CniError(
             DEVICE_BUSY, error.message, "; ".join(d for d in (error.detail, notes) if d)
         )
-    if isinstance(error, AlreadyAllocated | OwnerBusy):
+    if isinstance(error, AlreadyAllocated | OwnerBusy | ClaimedVfAttached):
         return CniError(DEVICE_BUSY, str(error), notes)
+    if isinstance(error, NoClaimedVf | SeveralClaimedVfs):
+        return _claim_error(error, notes)
     if isinstance(error, StateError | StoreError | AllocationError | OSError):
         return CniError(STATE_ERROR, f"{command}: state directory problem", details)
     log.debug("%s: unexpected %s", command, type(error).__name__, exc_info=error)
     return CniError(INTERNAL_ERROR, f"{command}: {type(error).__name__}", details)
+
+
+def _claim_error(error: NoClaimedVf | SeveralClaimedVfs, notes: str) -> CniError:
+    """No VF of the pod's claims (101; 106 when damaged records may hold it), or several
+    and nothing in the configuration to choose between them (7)."""
+    if isinstance(error, SeveralClaimedVfs):
+        return CniError(INVALID_CONFIG, str(error), notes)
+    if error.damaged:
+        damaged = "damaged records: " + "; ".join(error.damaged)
+        return CniError(STATE_ERROR, str(error), _join(damaged, notes))
+    return CniError(DEVICE_NOT_FOUND, str(error), notes)
 
 
 def _join(*parts: str) -> str:
@@ -524,7 +544,6 @@ def _recorded_ipam(config: Mapping[str, Any] | None) -> tuple[str, bytes, str] |
 
 
 def _add(ctx: Context, env: Environment, conf: NetConf, stdin: bytes) -> dict[str, Any]:
-    device_id = _need(conf.device_id, "deviceID")
     netns, ifname = _need(env.netns, "CNI_NETNS"), _need(env.ifname, "CNI_IFNAME")
     if not os.path.exists(netns):
         raise CniError(INVALID_ENVIRONMENT, f"CNI_NETNS {netns} does not exist")
@@ -537,7 +556,12 @@ def _add(ctx: Context, env: Environment, conf: NetConf, stdin: bytes) -> dict[st
     if conf.ipam is not None:
         ctx.ipam.locate(conf.ipam["type"], env.path)  # fail before touching the VF
     owner = Owner(_need(env.container_id, "CNI_CONTAINERID"), ifname, netns)
-    log.info("ADD VF %s (from %s) as %s in %s", device_id, conf.device_id_source, ifname, netns)
+    if conf.device_id is None:
+        device_id, source = _claimed_vf(ctx, conf, owner)
+    else:
+        device_id, source = conf.device_id, conf.device_id_source or "deviceID"
+        _check_not_claimed(ctx, conf, device_id)
+    log.info("ADD VF %s (from %s) as %s in %s", device_id, source, ifname, netns)
     request = AttachRequest(
         owner,
         device_id,
@@ -559,6 +583,58 @@ def _add(ctx: Context, env: Environment, conf: NetConf, stdin: bytes) -> dict[st
 
     ctx.service.attach(request, step, keep)
     return convert_result(replies[-1], conf.cni_version)
+
+
+def _claimed_vf(ctx: Context, conf: NetConf, owner: Owner) -> tuple[PciAddress, str]:
+    """The VF the DRA driver prepared for the pod of ``CNI_ARGS`` (``conf.dra``), and
+    where it came from."""
+    choice = conf.dra
+    namespace, pod, uid = _need(choice.pod, "CNI_ARGS K8S_POD_NAMESPACE and K8S_POD_NAME")
+    store = ctx.service.store
+
+    def holder(address: PciAddress) -> str | None:
+        record = store.get(address)
+        if record is None or record.owner.same_as(owner):
+            return None
+        netns = record.owner.netns
+        if netns is not None and not os.path.exists(netns):
+            return None  # a stale holder: the attach clears it
+        return str(record.owner)
+
+    prepared = read_prepared(ctx.state_dir, choice.driver)
+    for damaged in prepared.damaged:
+        log.warning("DRA record left out: %s", damaged)
+    try:
+        vf = choose(prepared, namespace=namespace, pod=pod, pod_uid=uid, claim=choice.claim,
+                    request=choice.request, holder=holder)  # fmt: skip
+    except NoClaimedVf as e:
+        e.add_note(f"driver {choice.driver}, records in {ctx.state_dir}/dra/{choice.driver}/claims")
+        raise
+    try:
+        ctx.host.vf(vf.address)
+    except DeviceNotFound as e:
+        raise NoClaimedVf(
+            f"{vf} (prepared for pod {namespace}/{pod}) is not a VF of this node: the "
+            f"record is from another node, or the VF went away ({e})"
+        ) from None
+    return vf.address, f"DRA {vf}"
+
+
+def _check_not_claimed(ctx: Context, conf: NetConf, device_id: PciAddress) -> None:
+    """A ``deviceID`` (the device plugin's, or written in the configuration) that a DRA
+    claim holds for another pod is refused: one VF, one pod."""
+    prepared = read_prepared(ctx.state_dir)
+    pod = conf.dra.pod
+    for vf in prepared.vfs:
+        if vf.address != device_id:
+            continue
+        if pod is not None and vf.reserved_for(*pod):
+            return
+        pods = ", ".join(f"{vf.namespace}/{name}" for name, _ in vf.pods) or "no pod"
+        raise ClaimedVfAttached(
+            f"VF {device_id} is prepared for DRA claim {vf.namespace}/{vf.claim} of driver "
+            f"{vf.driver} (reserved for {pods}), not for this pod"
+        )
 
 
 def _same_file(one: str, other: str) -> bool:

@@ -15,6 +15,11 @@ and reported at once, as CNI error code 7, before any device is touched:
   ``max_tx_rate``; ``mac`` a unicast MAC address.
 - The MAC comes from ``runtimeConfig.mac`` (the ``mac`` capability), else ``MAC=`` in
   ``CNI_ARGS``, else ``mac``.
+- With neither ``deviceID`` nor a device-info file, ADD takes the VF that the DRA driver
+  prepared for the pod ``CNI_ARGS`` names (``K8S_POD_NAMESPACE``, ``K8S_POD_NAME``,
+  ``K8S_POD_UID``: :mod:`sriovlib.preparedvfs`); ``dra`` may name the driver, the pod's
+  claim and the request: ``{"driver": "sriov.sriovlib.io", "claim": "net", "request":
+  "vf"}``, all optional.
 """
 
 from __future__ import annotations
@@ -40,9 +45,10 @@ from sriovlib.cni.protocol import (
 )
 from sriovlib.exceptions import InvalidPciAddress
 from sriovlib.models import PciAddress, VfConfig
+from sriovlib.preparedvfs import DEFAULT_DRIVER, driver_name_problem
 from sriovlib.vfsettings import normal_mac, vf_settings
 
-__all__ = ["LOG_LEVELS", "NetConf", "parse_netconf"]
+__all__ = ["LOG_LEVELS", "DraChoice", "NetConf", "parse_netconf"]
 
 #: sriov-cni's log levels and the :mod:`logging` level each one maps to.
 LOG_LEVELS = {
@@ -70,6 +76,25 @@ _MAX_DEVICE_INFO = 64 << 10
 
 
 @attrs.frozen
+class DraChoice:
+    """Which VF of the pod's DRA claims to take when no ``deviceID`` is given (``dra``).
+
+    Attributes:
+        driver: The DRA driver whose prepared claims are looked at.
+        claim: The pod's name for the claim (``spec.resourceClaims[].name``) or the
+            claim's own name; None: any claim of the pod.
+        request: The claim's request; None: any.
+        pod: (namespace, name, uid) of the pod from ``CNI_ARGS``; None when they are not
+            there (uid None when only the namespace and name are).
+    """
+
+    driver: str = DEFAULT_DRIVER
+    claim: str | None = None
+    request: str | None = None
+    pod: tuple[str, str, str | None] | None = None
+
+
+@attrs.frozen
 class NetConf:
     """A validated network configuration.
 
@@ -90,6 +115,7 @@ class NetConf:
         prev_result: ``prevResult`` in canonical form, or None.
         raw: The decoded configuration as received.
         ignored: Problems tolerated because the command only cleans up (DEL).
+        dra: Where the VF comes from when ``device_id`` is None at ADD.
     """
 
     cni_version: str
@@ -106,6 +132,7 @@ class NetConf:
     prev_result: Result | None = attrs.field(eq=False, hash=False)
     raw: Mapping[str, Any] = attrs.field(eq=False, hash=False, repr=False)
     ignored: tuple[str, ...] = ()
+    dra: DraChoice = DraChoice()
 
     @property
     def ipam_type(self) -> str | None:
@@ -167,7 +194,10 @@ def parse_netconf(
         fatal.append("runtimeConfig must be an object")
         runtime = {}
 
-    device_id, source = _device_id(config, runtime, soft, need_device=need_device)
+    dra = _dra(config.get("dra"), args, soft)
+    device_id, source = _device_id(
+        config, runtime, soft, need_device=need_device, from_claim=dra.pod is not None
+    )
     mac, mac_source = _mac(config, runtime, args, soft)
     vf_config = vf_settings(config, mac, soft)
 
@@ -195,6 +225,7 @@ def parse_netconf(
         prev_result=prev_result,
         raw=config,
         ignored=tuple(soft) if lenient else (),
+        dra=dra,
     )
 
 
@@ -272,6 +303,7 @@ def _device_id(
     problems: list[str],
     *,
     need_device: bool,
+    from_claim: bool = False,
 ) -> tuple[PciAddress | None, str | None]:
     value = config.get("deviceID")
     if value is not None and value != "":
@@ -282,12 +314,46 @@ def _device_id(
         if address is not None:
             return address, str(info_file)
         return None, None
-    if need_device:
+    if need_device and not from_claim:
         problems.append(
-            "deviceID is missing: give the VF's PCI address, or let Multus pass a "
-            "device-info file (capability CNIDeviceInfoFile)"
+            "deviceID is missing: give the VF's PCI address, let Multus pass a "
+            "device-info file (capability CNIDeviceInfoFile), or run the plugin for a "
+            "Kubernetes pod (CNI_ARGS K8S_POD_NAMESPACE and K8S_POD_NAME) whose DRA claim "
+            "prepared the VF"
         )
     return None, None
+
+
+def _dra(value: object, args: dict[str, str], problems: list[str]) -> DraChoice:
+    """``dra`` and the pod of ``CNI_ARGS``."""
+    namespace, name = args.get("K8S_POD_NAMESPACE"), args.get("K8S_POD_NAME")
+    uid = args.get("K8S_POD_UID") or None
+    pod = (namespace, name, uid) if namespace and name else None
+    if value is None:
+        return DraChoice(pod=pod)
+    if not isinstance(value, dict):
+        problems.append('dra must be an object such as {"claim": "net", "request": "vf"}')
+        return DraChoice(pod=pod)
+    found: dict[str, str | None] = {}
+    for key in ("driver", "claim", "request"):
+        item = value.get(key)
+        if item is None or item == "":
+            found[key] = None
+        elif not isinstance(item, str) or len(item) > 253 or "\0" in item:
+            problems.append(f"dra.{key} must be a string of at most 253 characters")
+            found[key] = None
+        else:
+            found[key] = item
+    unknown = sorted(set(value) - {"driver", "claim", "request"})
+    if unknown:
+        problems.append(f"dra has unknown keys: {', '.join(unknown)} (known: driver, claim, "
+                        "request)")  # fmt: skip
+    driver = found["driver"] or DEFAULT_DRIVER
+    problem = driver_name_problem(driver)
+    if problem is not None:
+        problems.append(f"dra.driver {problem}")
+        driver = DEFAULT_DRIVER
+    return DraChoice(driver, found["claim"], found["request"], pod)
 
 
 def _device_info_address(path: object, problems: list[str]) -> PciAddress | None:
