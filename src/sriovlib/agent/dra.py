@@ -173,8 +173,15 @@ class RegistrationService(reg_grpc.RegistrationServicer):
 class DraService(pb_grpc.DRAPluginServicer):
     """``DRAPlugin`` (v1): each claim through the preparer, each failure in its entry."""
 
-    def __init__(self, preparer: Preparer) -> None:
+    def __init__(
+        self,
+        preparer: Preparer,
+        on_failure: Callable[[ClaimRef, str, str], None] | None = None,
+    ) -> None:
         self.preparer = preparer
+        #: Called with the claim, ``PrepareFailed`` or ``UnprepareFailed`` and the error
+        #: of each claim that fails (the agent posts it as an Event on the claim).
+        self.on_failure = on_failure
 
     def NodePrepareResources(
         self, request: pb.NodePrepareResourcesRequest, context: Any
@@ -187,6 +194,8 @@ class DraService(pb_grpc.DRAPluginServicer):
             record, error = _attempt("NodePrepareResources", ref, self.preparer.prepare)
             if record is None:
                 entry.error = error or "not prepared"
+                if self.on_failure is not None:
+                    self.on_failure(ref, "PrepareFailed", entry.error)
                 continue
             for device in record.devices:
                 entry.devices.add(
@@ -216,6 +225,8 @@ class DraService(pb_grpc.DRAPluginServicer):
             was, error = _attempt("NodeUnprepareResources", ref, self.preparer.unprepare)
             if error is not None:
                 entry.error = error
+                if self.on_failure is not None:
+                    self.on_failure(ref, "UnprepareFailed", error)
             else:
                 log.info(
                     "NodeUnprepareResources",
@@ -256,6 +267,8 @@ class DraPlugin:
             every start).
         holder: Who else holds a VF now (a CNI attachment), or None: such a VF is not
             rebound to the driver a claim asks for.
+        on_failure: Told of each claim that fails (claim, reason, error): the agent's
+            Events on the claim.
     """
 
     def __init__(
@@ -267,6 +280,7 @@ class DraPlugin:
         refusal: Callable[[PciAddress], str | None] | None = None,
         on_registered: Callable[[], None] | None = None,
         holder: Callable[[PciAddress], str | None] | None = None,
+        on_failure: Callable[[ClaimRef, str, str], None] | None = None,
     ) -> None:
         self.options = options
         self.preparer = Preparer(
@@ -279,7 +293,7 @@ class DraPlugin:
             holder=holder,
         )
         self.registration = RegistrationService(options, on_registered=on_registered)
-        self.service = DraService(self.preparer)
+        self.service = DraService(self.preparer, on_failure)
         self._servers: list[tuple[grpc.Server, Path]] = []
 
     def start(self) -> None:

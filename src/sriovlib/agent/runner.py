@@ -31,6 +31,7 @@ from sriovlib.agent.cniserver import CniServer
 from sriovlib.agent.deviceplugin import DevicePluginService
 from sriovlib.agent.dra import DraOptions, DraPlugin
 from sriovlib.agent.draclaims import ApiServerClaims, ClaimSource, NoApiServer
+from sriovlib.agent.draevents import ClaimEvents
 from sriovlib.agent.draslices import SlicePublisher
 from sriovlib.agent.grants import Granter
 from sriovlib.agent.health import RESCAN_INTERVAL, HealthWatch
@@ -218,9 +219,12 @@ class Agent:
         self.cni: CniServer | None = None
         self.dra: DraPlugin | None = None
         self.slices: SlicePublisher | None = None
+        self.events: ClaimEvents | None = None
         if options.dra is not None:
             if claims is None:
                 claims = ApiServerClaims(api) if api is not None else NoApiServer()
+            if api is not None and node_name:
+                self.events = ClaimEvents(api, driver=options.dra.driver_name, node_name=node_name)
             self.dra = DraPlugin(
                 host,
                 claims,
@@ -228,6 +232,7 @@ class Agent:
                 refusal=self._dra_refusal,
                 on_registered=self._dra_registered,
                 holder=self._cni_holder,
+                on_failure=self.events.failed if self.events is not None else None,
             )
             self.granter.rebound = self.dra.preparer.rebound
             if api is not None:
@@ -372,6 +377,8 @@ class Agent:
                 self.options.cni_socket, plugins=self.host.plugins, metrics=self.metrics
             )
             self.cni.start()
+        if self.events is not None:
+            self.events.start()
         if self.dra is not None:
             self.dra.start()
         if self.slices is not None:
@@ -533,6 +540,8 @@ class Agent:
             self.on_demand.stop()
         if self.dra is not None:
             self.dra.stop()
+        if self.events is not None:
+            self.events.stop()
         if self.cni is not None:
             self.cni.stop()
         self.metrics.stop()
