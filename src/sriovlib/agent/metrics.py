@@ -17,6 +17,10 @@ metric                                      what
 ``sriovlib_health_changes_total``           devices that changed health
 ``sriovlib_reconciles_total{reason}``       reconciles of the pools
 ``sriovlib_reclaims_total``                 orphan VFs by outcome and by reason
+``sriovlib_vf_budget_*{pf}``                VFs on demand: numvfs, min, max, in_use,
+                                            wanted, blocked of each vfBudget PF
+``sriovlib_vf_resizes_total``               their VF count changes, by PF, direction,
+                                            outcome (``sriovlib.agent.ondemand``)
 ==========================================  ==========================================
 
 The pool gauges are read from the live resources at each scrape; the rest are counted
@@ -180,6 +184,8 @@ def read_status(address: str, timeout: float = 5.0) -> dict[str, Any]:
     pools: dict[str, dict[str, float]] = {}
     reconciles = 0.0
     reclaims = dict.fromkeys(("reclaimed", "dry-run", "failed"), 0.0)
+    budgets: dict[str, dict[str, int]] = {}
+    resizes = dict.fromkeys(("raise", "lower"), 0)
     keys = {
         "sriovlib_pool_devices": "devices",
         "sriovlib_pool_healthy": "healthy",
@@ -196,6 +202,13 @@ def read_status(address: str, timeout: float = 5.0) -> dict[str, Any]:
             elif sample.name == "sriovlib_reclaims_total":
                 outcome = sample.labels.get("outcome", "")
                 reclaims[outcome] = reclaims.get(outcome, 0) + sample.value
+            elif sample.name.startswith("sriovlib_vf_budget_") and "pf" in sample.labels:
+                key = sample.name.removeprefix("sriovlib_vf_budget_")
+                budgets.setdefault(sample.labels["pf"], {})[key] = int(sample.value)
+            elif sample.name == "sriovlib_vf_resizes_total":
+                if sample.labels.get("outcome") == "done":
+                    direction = sample.labels.get("direction", "")
+                    resizes[direction] = resizes.get(direction, 0) + int(sample.value)
             elif sample.name in keys and "resource" in sample.labels:
                 pool = pools.setdefault(sample.labels["resource"], {})
                 key = keys[sample.name]
@@ -204,4 +217,6 @@ def read_status(address: str, timeout: float = 5.0) -> dict[str, Any]:
         "pools": pools,
         "reconciles": int(reconciles),
         "reclaims": {outcome: int(n) for outcome, n in reclaims.items()},
+        "budgets": budgets,
+        "resizes": resizes,
     }

@@ -129,6 +129,15 @@ def run_status(args: argparse.Namespace) -> int:
     print_table(f"sriovlib agent at {args.metrics_address}", columns, rows)
     reclaims = ", ".join(f"{k} {v}" for k, v in status["reclaims"].items())
     print(f"reconciles: {status['reconciles']}; orphan reclaims: {reclaims}")
+    if status["budgets"]:
+        figures = ("numvfs", "min", "max", "in_use", "wanted", "blocked")
+        print_table(
+            "VFs on demand",
+            ("PF", "numvfs", "min", "max", "in use", "wanted", "blocked"),
+            [[pf, *(str(f.get(k, 0)) for k in figures)] for pf, f in
+             sorted(status["budgets"].items())],
+        )  # fmt: skip
+        print("resizes: " + ", ".join(f"{k} {v}" for k, v in status["resizes"].items()))
     return 0
 
 
