@@ -413,3 +413,57 @@ def test_a_claim_matching_no_device_leaves_its_pod_unschedulable(
     cluster.delete_pod("dra-nowhere")
     wait_for(f"claim {name} deleted", lambda: claim_gone(cluster, name))
     cluster.kubectl("delete", "resourceclaimtemplate", "vf-on-nothing")
+
+
+def test_a_bad_claim_configuration_is_in_the_pods_and_the_claims_events(
+    dra_cluster: KubeCluster, agent: AgentProcess
+) -> None:
+    """A template whose parameters have an unknown key: the scheduler allocates the
+    claim, the kubelet's NodePrepareResources gets the driver's one-line error and shows
+    it in the pod's events, the agent posts it as one Warning Event on the
+    ResourceClaim (``kubectl describe resourceclaim`` lists it) however often the kubelet
+    retries, and no VF is changed; the pod deleted, the claim goes."""
+    cluster = dra_cluster
+    template = claim_template("vf-bad", PF)
+    template["spec"]["spec"]["devices"]["config"][0]["opaque"]["parameters"] = {"vlanQos": 3}
+    cluster.create(template)
+    applied = len(agent.events("VF settings applied"))
+    cluster.create(claim_pod(cluster, "dra-bad", "vf-bad", "true"))
+    name = claim_name_of(cluster, "dra-bad")
+    expected = (
+        f"claim default/{name}: status.allocation.devices.config[1].opaque.parameters: "
+        "unknown key 'vlanQos' (did you mean 'vlanQoS'?)"
+    )
+    refusals = agent.wait_event("NodePrepareResources refused", count=2, timeout=90)
+    assert refusals[-1]["error"] == expected, refusals[-1]
+    pod_events = wait_for(
+        "the kubelet's event", lambda: [m for m in cluster.events("dra-bad") if expected in m]
+    )
+    print(f"pod event: {pod_events[0]}")
+    uid = cluster.get("resourceclaim", name)["metadata"]["uid"]
+
+    def claim_events() -> list[dict[str, Any]] | None:
+        out = cluster.kubectl("get", "events", "-n", "default", "-o", "json",
+                              f"--field-selector=involvedObject.uid={uid}")  # fmt: skip
+        items: list[dict[str, Any]] = json.loads(out)["items"]
+        return items or None
+
+    (event,) = wait_for("the claim's event", claim_events)
+    assert (event["type"], event["reason"], event["message"]) == (
+        "Warning",
+        "PrepareFailed",
+        expected,
+    )
+    assert event["involvedObject"]["kind"] == "ResourceClaim"
+    assert event["source"] == {"component": DRIVER, "host": cluster.node_name}
+    described = cluster.kubectl("describe", "resourceclaim", name, "-n", "default")
+    print(described.split("Events:")[-1])
+    assert "PrepareFailed" in described.split("Events:")[-1]
+    assert "unknown key 'vlanQos' (did you mean 'vlanQoS'?)" in described.split("Events:")[-1]
+    agent.wait_event("NodePrepareResources refused", count=len(refusals) + 1, timeout=90)
+    assert len(claim_events() or []) == 1  # the kubelet's retries: still one Event
+    assert len(agent.events("VF settings applied")) == applied
+    assert cluster.get("pod", "dra-bad")["status"]["phase"] == "Pending"
+    cluster.delete_pod("dra-bad")
+    wait_for(f"claim {name} deleted", lambda: claim_gone(cluster, name))
+    cluster.kubectl("delete", "resourceclaimtemplate", "vf-bad")
