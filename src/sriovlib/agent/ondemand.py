@@ -203,6 +203,7 @@ class OnDemand:
             self._thread.join(30)
 
     def _run(self) -> None:
+        self.step()  # the first look at once: ``agent status`` shows the budgets
         while not self._stop.wait(self.options.interval):
             self.step()
 
