@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from sriovlib.cli import main
 from sriovlib.exceptions import Busy
 from sriovlib.policy import (
     OPERATOR_API,
@@ -218,3 +219,18 @@ class TestPlanAndApply:
         ]:
             with pytest.raises(PolicyError, match=message):
                 plan(host, policies, counts=counts)
+
+
+def test_sriovlib_apply_shows_the_budget(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``sriovlib apply`` on the 82599 example (0 VFs): the budget on the PF's line, the
+    floor made, the pool over the budget's range."""
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"policies": [entry(nicSelector={"pfNames": ["enp4s0f0"]},
+                                                   vfBudget={"min": 2, "max": 6})]}))  # fmt: skip
+    assert 0 == main(["apply", "-f", str(path), "--example", "ixgbe"])
+    out = capsys.readouterr().out
+    assert "enp4s0f0 (0000:3b:00.0), ixgbe plugin, policy p, vfBudget 2-6" in out
+    assert "PF    sriov_numvfs 0 -> 2" in out
+    assert "pool r: enp4s0f0#0-5" in out

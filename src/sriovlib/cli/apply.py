@@ -129,6 +129,7 @@ def _print_plan(source: str, count: int, the_plan: Any) -> None:
             f"{pf.name} ({pf.address}), {pf_plan.vendor} plugin, "
             f"polic{'y' if len(pf_plan.target.policies) == 1 else 'ies'} "
             f"{', '.join(pf_plan.target.policies) or '(none)'}"
+            + (f", vfBudget {pf_plan.target.budget}" if pf_plan.target.budget else "")
         )
         for note in pf_plan.target.notes:
             print(f"  note: {note}")
