@@ -47,6 +47,12 @@ machine (the igb VM, whose root file system is an overlay that vanishes with it)
   stops them again.
 
 *images* are more OCI archives imported into containerd at start (the agent's image).
+
+Two more are for the API server alone: ``api_only=True`` starts etcd and kube-apiserver
+and nothing else (no containerd, no kubelet, no Node: a test makes what it needs), so it
+can run beside the session's cluster; ``authorization_mode`` is the API server's
+``--authorization-mode`` (``AlwaysAllow`` unless given; ``"Node,RBAC"`` to have roles
+enforced: the admin is in ``system:masters``, the kubelet's user in ``system:nodes``).
 """
 
 from __future__ import annotations
@@ -138,8 +144,12 @@ class KubeCluster:
         node_paths: bool = False,
         controllers: bool = False,
         images: Sequence[Path] = (),
+        api_only: bool = False,
+        authorization_mode: str = "AlwaysAllow",
     ) -> None:
         self.tools = tools
+        self.api_only = api_only
+        self.authorization_mode = authorization_mode
         self.node_paths = node_paths
         self.controllers = controllers
         self.images = tuple(images)
@@ -287,6 +297,10 @@ class KubeCluster:
         names = ("etcd", "peer", "api", "kubelet", "healthz", "controllers", "scheduler")
         self._ports = {n: _free_port() for n in names}
         self._write_credentials()
+        if self.api_only:
+            self._start_etcd()
+            self._start_apiserver()
+            return
         self._start_containerd()
         self._start_etcd()
         self._start_apiserver()
@@ -471,7 +485,7 @@ state = "{run}/containerd/state"
                 "--endpoint-reconciler-type=none",
                 "--service-cluster-ip-range=10.96.0.0/24",
                 f"--token-auth-file={pki / 'tokens.csv'}",
-                "--authorization-mode=AlwaysAllow",
+                f"--authorization-mode={self.authorization_mode}",
                 "--allow-privileged=true",  # as every real cluster: the agent is privileged
                 "--disable-admission-plugins=ServiceAccount",
                 f"--service-account-issuer={audience}",
@@ -792,6 +806,14 @@ state = "{run}/containerd/state"
     def stop(self) -> None:
         """Stop everything and remove every trace; safe to call twice or after a failed start."""
         if self.run_dir == Path():
+            return
+        if self.api_only:  # no node: nothing of containerd's or the kubelet's to clean
+            for name in ("kube-apiserver", "etcd"):
+                self._terminate(name)
+            self._unmount()
+            with contextlib.suppress(OSError):
+                self.run_dir.rmdir()
+            self.run_dir = Path()
             return
         if "kubelet" in self._procs and "kube-apiserver" in self._procs:
             with contextlib.suppress(KubeError, subprocess.SubprocessError):
