@@ -13,11 +13,17 @@ guest's own igb/igbvf drivers) instead of the fake kernel:
    read back from the API server, holds one device per real VF (its PCI address, the igb
    PF's name, igbvf, 8086:10ca) — printed (``pytest -s``);
 4. a DeviceClass (spoofchk off) and a ResourceClaimTemplate selecting VFs of the PF by
-   CEL, its claim asking for VLAN 42 and trust on; a pod without ``nodeName``: the
-   scheduler allocates a VF and binds the pod, the kubelet prepares the claim through
-   the driver, the pod runs, and the PF (``ip -j -d link show``) shows the settings on
-   that VF; pod created → Running is printed;
-5. the pod deleted: the claim unprepared, the VF as before on the PF, the claim gone.
+   CEL, its claim asking for VLAN 42 and trust on; Multus (v4.3.0, the thin plugin) as
+   containerd's primary CNI and a NetworkAttachmentDefinition of type ``sriov`` with no
+   ``deviceID`` (VLAN 100, a MAC, host-local); a pod without ``nodeName`` annotated
+   with that network: the scheduler allocates a VF and binds the pod, the kubelet
+   prepares the claim through the driver, Multus runs ``sriov``, which hands the
+   invocation to the agent (the fast path) and takes the VF the claim prepared for the
+   pod: the container has ``net1``, that VF's netdev with the NAD's MAC and address, and
+   the PF (``ip -j -d link show``) shows the NAD's VLAN and the claim's spoofchk and
+   trust on that VF; pod created → Running and → ``net1`` seen are printed;
+5. the pod deleted: the CNI's DEL brings the netdev home (to the claim's VLAN 42), the
+   claim unprepared, the VF as before on the PF, the claim gone.
 
 Each step runs in the guest's persistent interpreter and is checked here, so a failure
 names its step; the per-step seconds are printed.
@@ -35,6 +41,7 @@ import pytest
 from sriovlib.testing.clienttools import ToolUnavailable
 from sriovlib.testing.drakubelet import device_name_of
 from sriovlib.testing.kubebuild import kube_tools
+from sriovlib.testing.multus import multus_path
 from sriovlib.testing.vm import SriovVM
 
 pytestmark = [pytest.mark.kube, pytest.mark.vm]
@@ -48,12 +55,24 @@ CLASS_PARAMETERS = {"spoofchk": "off"}
 CLAIM_PARAMETERS = {"vlan": 42, "trust": "on"}
 #: The 82576 VF (igbvf).
 VF_IDS = ("8086", "10ca")
+#: The NAD's VF settings (over the claim's VLAN while the pod holds the VF).
+NAD_VLAN = 100
+NAD_MAC = "ca:fe:00:d7:a0:01"
+#: What the container prints of its second network.
+POD_COMMAND = (
+    "set -e; ip addr show net1; echo MAC=$(cat /sys/class/net/net1/address);"
+    " echo PCI=$(basename $(readlink /sys/class/net/net1/device)); echo READY; sleep 3600"
+)
 
 SETUP = r"""
 import json, os, signal, subprocess, sys, tempfile, time
 from pathlib import Path
 from sriovlib.testing.kube import KubeCluster
 from sriovlib.testing.kubebuild import kube_tools
+from sriovlib.testing.multus import (
+    MULTUS_CONFLIST, NAD_CRD, NETWORK_STATUS_ANNOTATION, NETWORKS_ANNOTATION, multus_conflist,
+    network_attachment,
+)
 
 P = json.loads(PARAMS)
 PF, DRIVER = P["pf"], P["driver"]
@@ -78,7 +97,11 @@ def vfinfo():
     for info in link.get("vfinfo_list", []):
         pci = os.path.basename(os.readlink(f"/sys/class/net/{PF}/device/virtfn{info['vf']}"))
         vlans = [v.get("vlan", 0) for v in info.get("vlan_list", [])] or [info.get("vlan", 0)]
-        out[pci] = {**info, "_vlan": vlans[0]}
+        net = Path(f"/sys/bus/pci/devices/{pci}/net")
+        netdevs = sorted(os.listdir(net)) if net.is_dir() else []
+        own = [(net / n / "address").read_text().strip() for n in netdevs]
+        out[pci] = {**info, "_vlan": vlans[0], "_netdevs": netdevs,
+                    "_own_mac": own[0] if own else None}
     return out
 
 
@@ -135,7 +158,7 @@ for link in Path(f"/sys/class/net/{PF}/device").glob("virtfn*"):
 result = {"pool": pool, "pf_pci": pf_pci, "vfs": vf_pcis}
 """
 
-CLUSTER_STEP = r"""# STEP: the cluster (node paths, controller-manager, scheduler), the DeviceClass
+CLUSTER_STEP = r"""# STEP: the cluster (node paths, controllers), Multus, the NAD, the DeviceClass
 from sriovlib.agent.kubeapi import KubeClient, NotFound, load_kubeconfig
 started = time.monotonic()
 cluster = KubeCluster(kube_tools(progress=False), node_ip="192.0.2.10", timeout_scale=4,
@@ -143,6 +166,22 @@ cluster = KubeCluster(kube_tools(progress=False), node_ip="192.0.2.10", timeout_
 cluster.start()
 timed("cluster_start", started)
 figures.update({f"cluster:{k}": round(v, 1) for k, v in cluster.timings.items()})
+# the sriov CNI plugin as a node installs it, with the agent's state directory and its
+# fast-path socket (the agent serves the invocation)
+sriov = work / "sriov"
+sriov.write_text(f"#!/bin/sh\nexport SRIOVLIB_STATE_DIR={work}/state "
+                 f"SRIOVLIB_AGENT_SOCKET={work}/agent.sock\n"
+                 f"exec {sys.executable} -m sriovlib.cni \"$@\"\n")
+sriov.chmod(0o755)
+cluster.set_cni_config(
+    MULTUS_CONFLIST,
+    multus_conflist(kubeconfig=cluster.kubeconfig, default_network=cluster.default_network(),
+                    bin_dir=cluster.cni_bin_dir, state_dir=cluster.run_dir / "multus",
+                    log_file=cluster.log_path("multus")),
+    plugins={"multus": Path(P["multus"]), "sriov": sriov},
+)
+cluster.install_crd(NAD_CRD)
+cluster.kubectl("apply", "-f", "-", input=json.dumps(network_attachment("sriov-dra", P["netconf"])))
 api = KubeClient(load_kubeconfig(cluster.kubeconfig), timeout=30)
 api.create("/apis/resource.k8s.io/v1/deviceclasses", {
     "apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass", "metadata": {"name": P["class"]},
@@ -163,7 +202,8 @@ argv = [sys.executable, "-m", "sriovlib.agent",
         "--dra-registry-dir", str(registry),
         "--dra-plugins-dir", str(cluster.kubelet_root / "plugins"),
         "--state-dir", str(work / "state"), "--cdi-dir", str(work / "cdi"),
-        "--cni-socket", "off", "--metrics-address", "127.0.0.1:0", "--log-format", "json"]
+        "--cni-socket", str(work / "agent.sock"), "--metrics-address", "127.0.0.1:0",
+        "--log-format", "json"]
 started = time.monotonic()
 with open(work / "agent.log", "ab") as log:
     agent = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=log)
@@ -197,7 +237,7 @@ result = {
 }
 """
 
-POD_STEP = r"""# STEP: claim template, a pod left to the scheduler: prepared, Running
+POD_STEP = r"""# STEP: claim template, a pod left to the scheduler: prepared, Running, net1
 api.create("/apis/resource.k8s.io/v1/namespaces/default/resourceclaimtemplates", {
     "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate",
     "metadata": {"name": "vf-on-pf", "namespace": "default"},
@@ -211,7 +251,8 @@ api.create("/apis/resource.k8s.io/v1/namespaces/default/resourceclaimtemplates",
     }}},
 })
 before = vfinfo()
-manifest = cluster.pod("dra-app", "sleep 3600", scheduled=True)
+manifest = cluster.pod("dra-app", P["pod_command"], scheduled=True,
+                       annotations={NETWORKS_ANNOTATION: "sriov-dra"})
 manifest["spec"]["resourceClaims"] = [{"name": "net", "resourceClaimTemplateName": "vf-on-pf"}]
 manifest["spec"]["containers"][0]["resources"] = {"claims": [{"name": "net"}]}
 created_wall = time.time()
@@ -238,6 +279,20 @@ except RuntimeError as e:
                        f"{cluster.events('dra-app')}; agent {events()[-8:]}; kubelet "
                        f"{cluster.tail('kubelet', 20)}") from None
 figures["claim_to_running"] = round(time.monotonic() - started, 2)
+
+
+def ready():
+    log = cluster.pod_log("dra-app")
+    return log if "READY" in log else None
+
+
+try:
+    log = wait_for("net1 in the container", ready, 120, every=0.2)
+except RuntimeError as e:
+    raise RuntimeError(f"{e}; log {cluster.pod_log('dra-app')!r}; multus "
+                       f"{cluster.tail('multus', 20)}; agent {events()[-8:]}") from None
+figures["pod_created_to_net1"] = round(time.monotonic() - started, 2)
+pod = api.get(f"{PODS}/dra-app")
 after = vfinfo()
 (status,) = pod["status"]["resourceClaimStatuses"]
 claim = api.get(f"{CLAIMS}/{status['resourceClaimName']}")
@@ -252,7 +307,14 @@ prepare_at = None
 if prepared:
     stamp = datetime.fromisoformat(prepared[0]["time"].replace("Z", "+00:00")).timestamp()
     prepare_at = round(stamp - created_wall, 2)
+claim_created = datetime.fromisoformat(
+    claim["metadata"]["creationTimestamp"].replace("Z", "+00:00")).timestamp()
 result = {
+    "log": log, "claim_created_at": round(claim_created - created_wall, 2),
+    "net1_at": figures["pod_created_to_net1"],
+    "network_status": json.loads(pod["metadata"].get("annotations", {}).get(
+        NETWORK_STATUS_ANNOTATION, "[]")),
+    "cni": [e for e in events() if e.get("event", "").startswith("CNI")][-6:],
     "node": pod["spec"].get("nodeName"), "phases": phases, "claim": claim, "uid": uid,
     "prepared": prepared, "applied": applied, "record": record,
     "spec": json.loads(spec_path.read_text()) if spec_path.exists() else None,
@@ -325,11 +387,25 @@ def _settings(info: dict[str, Any]) -> tuple[Any, ...]:
     return info["_vlan"], on(info.get("spoofchk")), on(info.get("trust"))
 
 
+def _as_restored(vfs: dict[str, Any]) -> dict[str, Any]:
+    """The VFs by what the CNI's DEL and the unprepare must bring back: the netdev (its
+    name and own MAC), the settings, and no admin MAC (igb reports a VF's own MAC once
+    its driver registered it, zeros before: either means none)."""
+    seen = {}
+    for pci, info in vfs.items():
+        mac = info.get("address")
+        admin = None if mac in ("00:00:00:00:00:00", info["_own_mac"]) else mac
+        rest = {k: v for k, v in info.items() if k != "address"}
+        seen[pci] = (admin, rest)
+    return seen
+
+
 def test_a_claim_on_a_real_igb_vf_is_scheduled_prepared_running_and_restored(
     vm_node: SriovVM,
 ) -> None:
     try:
         kube_tools()  # built on the host (Go, the module proxy); the guest sees the cache
+        multus = multus_path()
     except ToolUnavailable as e:
         pytest.skip(f"kube tier: {e}")
     vm = vm_node
@@ -341,6 +417,17 @@ def test_a_claim_on_a_real_igb_vf_is_scheduled_prepared_running_and_restored(
         "class": CLASS,
         "class_parameters": CLASS_PARAMETERS,
         "claim_parameters": CLAIM_PARAMETERS,
+        "multus": str(multus),
+        "pod_command": POD_COMMAND,
+        # no deviceID: the VF is the one the pod's claim prepared
+        "netconf": {
+            "cniVersion": "1.0.0",
+            "name": "sriov-dra",
+            "type": "sriov",
+            "vlan": NAD_VLAN,
+            "mac": NAD_MAC,
+            "ipam": {"type": "host-local", "subnet": "10.56.218.0/24"},
+        },
     }
     started = time.monotonic()
     steps: dict[str, float] = {}
@@ -430,6 +517,9 @@ def test_a_claim_on_a_real_igb_vf_is_scheduled_prepared_running_and_restored(
         assert applied["settings"]["vlan"] == 42, applied
         assert (applied["settings"]["spoofchk"], applied["settings"]["trust"]) == (False, True)
         assert ran["record"]["complete"] is True
+        # the pod the claim is reserved for, kept for the CNI
+        assert [p["name"] for p in ran["record"]["reservedFor"]] == ["dra-app"]
+        assert ran["record"]["podClaimName"] == "net"
         previous = ran["record"]["devices"][0]["previous"]["vf_state"]
         assert ran["spec"]["devices"][0]["name"] == f"{ran['uid']}-{result['device']}"
         # on the PF, as the kernel reports it: the allocated VF has the claim's settings,
@@ -437,14 +527,29 @@ def test_a_claim_on_a_real_igb_vf_is_scheduled_prepared_running_and_restored(
         before, after = ran["before"], ran["after"]
         assert _settings(before[address]) == (0, True, False), before
         assert (previous["vlan"], previous["spoofchk"], previous["trust"]) == (0, True, False)
-        assert _settings(after[address]) == (42, False, True), after
+        # the NAD's VLAN over the claim's while the pod holds the VF, the claim's spoofchk
+        # and trust; the netdev in the pod as net1, with the NAD's MAC and an address
+        assert _settings(after[address]) == (NAD_VLAN, False, True), after
+        assert after[address]["_netdevs"] == [], after
+        assert after[address]["address"] == NAD_MAC
         for other in set(vfs) - {address}:
             assert after[other] == before[other]
+        log = ran["log"]
+        assert f"PCI={address}" in log, log
+        assert f"MAC={NAD_MAC}" in log, log
+        assert "inet 10.56.218." in log, log
+        net1 = [n for n in ran["network_status"] if n.get("interface") == "net1"]
+        assert net1, ran["network_status"]
+        assert net1[0]["name"] == "default/sriov-dra", ran["network_status"]
+        assert net1[0]["mac"] == NAD_MAC
+        net1_at = ran["net1_at"]
         print(
             f"\nclaim-to-running pod on the igb VF {address}: "
             f"{ran['phases'][-1][1]:.2f} s (pod created -> Running, phases {ran['phases']}; "
+            f"the claim created {ran['claim_created_at']} s after the pod, "
             f"NodePrepareResources answered {ran['prepare_at']} s after the create, "
-            f"in {prepared['ms']} ms)"
+            f"in {prepared['ms']} ms); net1 seen in the container {net1_at:.2f} s after "
+            f"the create ({net1_at - ran['claim_created_at']:.2f} s after the claim's creation)"
         )
         print(f"VF {address} on {pf}: before {before[address]}\n  prepared {after[address]}")
 
@@ -454,7 +559,9 @@ def test_a_claim_on_a_real_igb_vf_is_scheduled_prepared_running_and_restored(
         assert not done["spec"]
         (restored,) = [e for e in done["restored"] if e["vf"] == address]
         assert {"vf_vlan", "vf_spoofchk", "vf_trust"} <= set(restored["restored"]), restored
-        assert done["vfs"] == before, (done["vfs"], before)  # every VF as before the pod
+        # every VF as before the pod: its netdev home (the CNI's DEL), its settings (the
+        # unprepare)
+        assert _as_restored(done["vfs"]) == _as_restored(before), (done["vfs"], before)
         assert done["slice_devices"] == sorted(devices)
         assert not [e for e in done["warnings"] if e.get("event") == "VF restore"], done
         print(f"  restored {done['vfs'][address]}")
