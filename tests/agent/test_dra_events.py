@@ -182,11 +182,11 @@ class AgentApi(MemoryApi):
 
     def __init__(self) -> None:
         super().__init__()
-        self.events = EventsApi()
+        self.event_api = EventsApi()
 
     def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         if path.endswith("/events"):
-            return self.events.create(path, body)
+            return self.event_api.create(path, body)
         return super().create(path, body)
 
 
@@ -233,7 +233,7 @@ def test_a_bad_claim_through_the_agent_is_an_event_and_changes_no_vf(
     finally:
         agent.stop()
     assert "unknown key 'vlanQos' (did you mean 'vlanQoS'?)" in error
-    ((_, event),) = api.events.events.items()
+    ((_, event),) = api.event_api.events.items()
     assert (event["reason"], event["message"]) == ("PrepareFailed", error)
     assert event["involvedObject"]["uid"] == ref.uid
     assert (node.host.vf(NET_VF), node.host.vf_state(NET_VF)) == before
