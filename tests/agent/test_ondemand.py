@@ -31,6 +31,9 @@ from sriovlib.agent.ondemand import (
 from sriovlib.agent.runner import Agent, AgentOptions
 from sriovlib.cli import main
 from sriovlib.host import Host
+from sriovlib.plugins import PfMatch, hookimpl
+from sriovlib.plugins.manager import Plugins
+from sriovlib.plugins.types import NumVfsPlan, Step, StepKind
 from sriovlib.policy import apply, merge, parse_policies, plan
 from sriovlib.testing.drakubelet import FakeClaims, device_name_of, resource_claim
 from sriovlib.testing.fakenetlink import FakeNetlink
@@ -173,7 +176,7 @@ def start(node: Node, claims: FakeClaims) -> Iterator[StartAgent]:
             api=api,  # type: ignore[arg-type]
             node_name="node1",
             budgets=budgets,
-            resize=PolicyResizer(node.host, node.policies),
+            resize=changes.pop("resize", None) or PolicyResizer(node.host, node.policies),
         )
         agent.start()
         assert agent.health is not None
@@ -315,3 +318,49 @@ def test_dry_run_only_says_what_it_would_do(
     assert {"wanted": 1, "numvfs": 0} == {
         k: v for k, v in status(agent)["budgets"][PF].items() if k in ("wanted", "numvfs")
     }
+
+
+class LivePlugin:
+    """A third-party vendor plugin whose driver changes the VF count without going
+    through 0 (none of the built-ins can)."""
+
+    @hookimpl
+    def sriovlib_match_pf(self) -> PfMatch:
+        return PfMatch.by_driver("ixgbe")
+
+    @hookimpl
+    def sriovlib_numvfs_plan(self, current: int, target: int) -> NumVfsPlan:
+        steps = (Step(StepKind.WRITE_NUMVFS, target),) if current != target else ()
+        return NumVfsPlan(steps=steps, note="this driver adds and removes VFs live")
+
+
+def test_a_plugin_that_resizes_live_is_asked_and_resized_with_a_vf_in_use(
+    node: Node, start: StartAgent
+) -> None:
+    """With VF 0 allocated, a second claim raises 1 -> 2 when the vendor plugin's plan
+    does not go through 0, and nothing is withdrawn from the slices first (the fake
+    kernel itself refuses a non-zero change, so the resize is recorded here)."""
+    node.host = node.kernel.host(
+        plugins=Plugins(entry_points=False, extra=[("live", LivePlugin())])
+    )
+    resizes: list[tuple[str, int]] = []
+
+    def resize(pf: Any, count: int) -> None:
+        resizes.append((str(pf), count))
+        if count == 1:  # 0 -> 1 the kernel can do; 1 -> 2 only the plugin's driver
+            node.host.set_num_vfs(pf, count)
+
+    api = ClusterApi()
+    start(api, resize=resize)
+    api.pending("a")
+    vf0 = wait_for("a VF", lambda: node.host.vfs(PF))[0]
+    name = device_name_of(str(vf0.address))
+    api.wait_published(lambda found: found == {name})
+    api.allocate("a", name)
+    seen: list[set[str]] = []
+    api.on_slice = lambda body: seen.append({d["name"] for d in body["spec"]["devices"]})
+    api.pending("b")
+    wait_for("the live raise", lambda: len(resizes) >= 2)
+    address = str(node.host.pf(PF).address)
+    assert [(address, 1), (address, 2)] == resizes[:2]
+    assert all(name in found for found in seen)  # never withdrawn
