@@ -381,25 +381,41 @@ def health_of(agent: Agent, address: str) -> tuple[str, Health]:
 
 
 def test_a_vf_rebound_by_its_claim_stays_healthy_in_its_pool(
-    node: Node, claims: FakeClaims, kubelet: DraKubeletStandIn, agent: Agent
+    node: Node,
+    claims: FakeClaims,
+    kubelet: DraKubeletStandIn,
+    agent: Agent,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """No flap: the iavf VF of ``intel_net`` (whose selector names iavf) on vfio-pci for
-    its claim stays healthy in that pool through an assessment and a reconcile, and
-    after unprepare; the same VF rebound by someone else is unhealthy."""
-    assert agent.health is not None
+    its claim stays healthy in that pool through an assessment the bind's uevent causes
+    (made here right after the bind, before the prepare returns), another one and a
+    reconcile, and after unprepare; the same VF rebound by someone else is unhealthy."""
+    health = agent.health
+    assert health is not None
     assert health_of(agent, NET_VF) == ("intel.com/intel_net", Health.HEALTHY)
+    real_bind = node.host.bind_driver
+    during: list[int] = []
+
+    def bind_then_assess(vf: Any, device_type: DeviceType) -> Any:
+        bound = real_bind(vf, device_type)
+        during.append(health.assess())  # the health watch woken by the bind's uevent
+        return bound
+
+    monkeypatch.setattr(node.host, "bind_driver", bind_then_assess)
     ref = claim_for(claims, "dpdk", NET_VF, driver="vfio-pci")
     client = kubelet.register()
     assert client.prepare(ref).claims[ref.uid].error == ""
+    assert during == [0]
     assert node.host.vf(NET_VF).driver == "vfio-pci"
-    assert agent.health.assess() == 0
+    assert health.assess() == 0
     agent.reconcile("test")
     assert health_of(agent, NET_VF) == ("intel.com/intel_net", Health.HEALTHY)
     time.sleep(0.3)  # wake-ups of the health watch on the bind's events
     assert health_of(agent, NET_VF) == ("intel.com/intel_net", Health.HEALTHY)
     assert client.unprepare(ref).claims[ref.uid].error == ""
-    assert agent.health.assess() == 0
+    assert health.assess() == 0
     assert health_of(agent, NET_VF) == ("intel.com/intel_net", Health.HEALTHY)
-    node.host.bind_driver(NET_VF, DeviceType.VFIO)  # not a claim's doing
-    assert agent.health.assess() == 1
+    real_bind(NET_VF, DeviceType.VFIO)  # not a claim's doing
+    assert health.assess() == 1
     assert health_of(agent, NET_VF) == ("intel.com/intel_net", Health.UNHEALTHY)

@@ -214,6 +214,7 @@ class Preparer:
             record, found = self._prepare(ref, claim)
             if any(d.previous is not None or d.rebind is not None for d in record.devices):
                 self.store.put(record)  # the VFs' previous state, before any change
+                self._note_rebound()  # before the bind: its uevent is no one else's rebind
                 try:
                     record = self._change(record, found)
                 except (SriovError, OSError) as e:
