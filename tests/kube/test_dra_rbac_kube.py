@@ -130,37 +130,49 @@ def agent_api(rbac_cluster: KubeCluster, tmp_path: Path) -> KubeClient:
     return agent_client(rbac_cluster, tmp_path, NODE)
 
 
+def _agent_starter(api: KubeClient, tmp_path: Path, agents: list[Agent]) -> Callable[[], Agent]:
+    """Starts the agent with ``--dra`` on the fake node, with *api*'s credentials."""
+
+    def start() -> Agent:
+        root = tmp_path / "root"
+        fs = build_example("mixed", root)
+        kernel = FakeNetlink(fs)
+        options = AgentOptions(
+            device_plugin_dir=tmp_path / "device-plugins",
+            state_dir=tmp_path / "state",
+            device_info_dir=tmp_path / "devinfo",
+            rescan_interval=0.5,
+            reclaim=ReclaimMode.OFF,
+            dra=DraOptions(
+                registry_dir=tmp_path / "plugins_registry",
+                plugins_dir=tmp_path / "plugins",
+                cdi_dir=tmp_path / "cdi",
+                state_dir=tmp_path / "state",
+            ),
+        )
+        agent = Agent(
+            Host(root, netlink=kernel, sysfs_writer=kernel),
+            parse_config(json.dumps(CONFIG)),
+            options,
+            api=api,
+            node_name=NODE,
+        )
+        agent.start()
+        agents.append(agent)
+        return agent
+
+    return start
+
+
 @pytest.fixture
 def agent(
     rbac_cluster: KubeCluster, agent_api: KubeClient, admin: KubeClient, tmp_path: Path
 ) -> Iterator[Agent]:
     """The agent with ``--dra`` on the fake node, with the ServiceAccount's token."""
-    root = tmp_path / "root"
-    fs = build_example("mixed", root)
-    kernel = FakeNetlink(fs)
-    options = AgentOptions(
-        device_plugin_dir=tmp_path / "device-plugins",
-        state_dir=tmp_path / "state",
-        device_info_dir=tmp_path / "devinfo",
-        rescan_interval=0.5,
-        reclaim=ReclaimMode.OFF,
-        dra=DraOptions(
-            registry_dir=tmp_path / "plugins_registry",
-            plugins_dir=tmp_path / "plugins",
-            cdi_dir=tmp_path / "cdi",
-            state_dir=tmp_path / "state",
-        ),
-    )
-    agent = Agent(
-        Host(root, netlink=kernel, sysfs_writer=kernel),
-        parse_config(json.dumps(CONFIG)),
-        options,
-        api=agent_api,
-        node_name=NODE,
-    )
-    agent.start()
-    yield agent
-    agent.stop()
+    agents: list[Agent] = []
+    yield _agent_starter(agent_api, tmp_path, agents)()
+    for started in agents:
+        started.stop()
     for item in admin.get(SLICES)["items"]:
         admin.delete(f"{SLICES}/{item['metadata']['name']}")
 
@@ -320,3 +332,64 @@ def test_a_token_bound_to_no_pod_may_write_no_slice(
                      "pool": {"name": NODE, "generation": 1, "resourceSliceCount": 1},
                      "devices": []},
         })  # fmt: skip
+
+
+def test_a_role_short_of_a_verb_is_named_in_the_agents_log(
+    rbac_cluster: KubeCluster,
+    admin: KubeClient,
+    agent_api: KubeClient,
+    device_class: None,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The role without ``events`` and without ``create`` on slices (what the first
+    runs of this module found missing, or could): the agent's warnings carry the
+    server's 403 in one line naming the resource and the verb; its prepare is answered
+    all the same. The role is put back after."""
+    (role,) = [
+        d for d in _yaml(ROOT / "deploy" / "dra" / "rbac.yaml") if d["kind"] == "ClusterRole"
+    ]
+    short = json.loads(json.dumps(role))
+    short["rules"] = [r for r in short["rules"] if r["resources"] != ["events"]]
+    for rule in short["rules"]:
+        if rule["resources"] == ["resourceslices"]:
+            rule["verbs"] = [v for v in rule["verbs"] if v != "create"]
+    account = f"system:serviceaccount:{NAMESPACE}:{ACCOUNT}"
+    rbac_cluster.kubectl("apply", "-f", "-", input=json.dumps(short))
+    try:
+        wait_for("the authorizer to see the role", lambda: "no" in rbac_cluster.kubectl(
+            "auth", "can-i", "create", "events", f"--as={account}", check=False))  # fmt: skip
+        caplog.set_level(logging.INFO, "sriovlib.agent")
+        agents: list[Agent] = []
+        start = _agent_starter(agent_api, tmp_path, agents)
+        try:
+            agent = start()
+            bad = made(rbac_cluster, claim("short", {"vlam": 1}))
+            with DraKubeletStandIn(tmp_path / "plugins_registry") as kubelet:
+                error = kubelet.register(DRIVER).prepare(bad).claims[bad.uid].error
+            assert "unknown key 'vlam'" in error
+            assert agent.events is not None
+            agent.events.wait_idle()
+
+            def warned(event: str) -> str | None:
+                found = [str(getattr(r, "error", "")) for r in caplog.records
+                         if r.getMessage() == event]  # fmt: skip
+                return found[0] if found else None
+
+            slices = wait_for("the slices' refusal", lambda: warned("ResourceSlices not published"))
+            events = wait_for("the Event's refusal", lambda: warned("Event not posted"))
+        finally:
+            for started in agents:
+                started.stop()
+        print(f"slices: {slices}\nevents: {events}")
+        assert slices.startswith(f"POST {SLICES}: 403 Forbidden: resourceslices.resource.k8s.io")
+        assert f'User "{account}" cannot create resource "resourceslices"' in slices
+        assert events.startswith("POST /api/v1/namespaces/default/events: 403 Forbidden: ")
+        assert f'User "{account}" cannot create resource "events"' in events
+        assert "\n" not in slices + events
+    finally:
+        rbac_cluster.kubectl("apply", "-f", str(ROOT / "deploy" / "dra" / "rbac.yaml"))
+        rbac_cluster.kubectl("delete", "resourceclaim", "short", "-n", "default",
+                             "--ignore-not-found")  # fmt: skip
+        for item in admin.get(SLICES)["items"]:
+            admin.delete(f"{SLICES}/{item['metadata']['name']}")
