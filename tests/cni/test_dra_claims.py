@@ -128,6 +128,10 @@ def test_add_takes_the_pods_claimed_vf_and_del_gives_back_the_prepared_state(
     assert (link.parent, link.mac) == (str(node.vf(1)), "ca:fe:00:00:00:01")
     assert (node.state(1).vlan, node.state(1).mac) == (100, "ca:fe:00:00:00:01")
 
+    # CHECK finds the attachment by its owner (no deviceID needed either)
+    status, out = node.invoke("CHECK", {**conf, "prevResult": result}, CNI_ARGS=pod_args())
+    assert (status, out) == (0, None)
+
     # a retry of the same ADD gets the same VF
     status, again = node.invoke("ADD", conf, CNI_ARGS=pod_args())
     assert status == 0, again
