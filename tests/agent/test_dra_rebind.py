@@ -393,6 +393,11 @@ def test_a_vf_rebound_by_its_claim_stays_healthy_in_its_pool(
     reconcile, and after unprepare; the same VF rebound by someone else is unhealthy."""
     health = agent.health
     assert health is not None
+    assert agent.slices is not None
+    api: MemoryApi = agent.slices.api  # type: ignore[assignment]
+    name = device_name_of(NET_VF)
+    generation = wait_generation(api)
+    assert name in api.published()
     assert health_of(agent, NET_VF) == ("intel.com/intel_net", Health.HEALTHY)
     real_bind = node.host.bind_driver
     during: list[int] = []
@@ -416,6 +421,22 @@ def test_a_vf_rebound_by_its_claim_stays_healthy_in_its_pool(
     assert client.unprepare(ref).claims[ref.uid].error == ""
     assert health.assess() == 0
     assert health_of(agent, NET_VF) == ("intel.com/intel_net", Health.HEALTHY)
+    time.sleep(0.3)
+    # the slices never changed: the VF in them, with the pool's driver, same generation
+    assert wait_generation(api) == generation
+    (device,) = [d for s in api.slices.values() for d in s["spec"]["devices"] if d["name"] == name]
+    assert device["attributes"]["driver"] == {"string": "iavf"}
     real_bind(NET_VF, DeviceType.VFIO)  # not a claim's doing
     assert health.assess() == 1
     assert health_of(agent, NET_VF) == ("intel.com/intel_net", Health.UNHEALTHY)
+    api.wait_published(lambda found: name not in found)  # it leaves the slices
+    assert wait_generation(api) > generation
+
+
+def wait_generation(api: MemoryApi) -> int:
+    """The pool's generation once the slices are published."""
+    deadline = time.monotonic() + 10
+    while not api.slices:
+        assert time.monotonic() < deadline, "never published"
+        time.sleep(0.05)
+    return max(int(s["spec"]["pool"]["generation"]) for s in api.slices.values())
