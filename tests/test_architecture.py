@@ -205,3 +205,16 @@ def test_shipped_sriov_ignores_kill_and_backend_switches(tmp_path: Path, switche
     assert 101 == error["code"], error
     assert "sriovnopf0" in error["details"], error
     assert () == AllocationStore(tmp_path / "state/allocations").records()
+
+
+def test_the_cnis_reader_of_dra_records_stays_light() -> None:
+    """``sriovlib.preparedvfs`` is on the CNI's ADD path: of sriovlib it imports only the
+    file helpers, the models and the exceptions (no agent module, no grpc)."""
+    own = sorted(
+        n.split(".")[1]
+        for n in imports(SRC / "preparedvfs.py")
+        if n.startswith("sriovlib.") and n.count(".") == 1
+    )
+    assert own == ["_files", "exceptions", "models"]
+    outside = {n.split(".")[0] for n in imports(SRC / "preparedvfs.py")} - {"sriovlib"}
+    assert outside <= {"__future__", "json", "os", "re", "collections", "pathlib", "attrs"}
