@@ -68,6 +68,7 @@ class ClusterApi(MemoryApi):
         self.pods: dict[str, dict[str, Any]] = {}
         self.classes = [CLASS]
         self.lists = 0
+        self.pod_lists = 0
         #: Called with each slice written (what the scheduler would see).
         self.on_slice: Callable[[Mapping[str, Any]], None] | None = None
 
@@ -76,7 +77,8 @@ class ClusterApi(MemoryApi):
             self.lists += 1
             return {"items": json.loads(json.dumps(list(self.claims.values())))}
         if path == PODS:
-            assert query == {"fieldSelector": "spec.nodeName="}
+            assert query == {"fieldSelector": "spec.nodeName=", "resourceVersion": "0"}
+            self.pod_lists += 1
             pods = [p for p in self.pods.values() if not p["spec"].get("nodeName")]
             return {"items": json.loads(json.dumps(pods))}
         if path == CLASSES:
@@ -364,3 +366,15 @@ def test_a_plugin_that_resizes_live_is_asked_and_resized_with_a_vf_in_use(
     address = str(node.host.pf(PF).address)
     assert [(address, 1), (address, 2)] == resizes[:2]
     assert all(name in found for found in seen)  # never withdrawn
+
+
+def test_the_steady_state_is_one_list_a_look(node: Node, start: StartAgent) -> None:
+    """No pod waiting and the PF at its floor: each look lists the waiting pods only,
+    never every claim; a waiting pod brings the claims in."""
+    api = ClusterApi()
+    start(api)
+    wait_for("looks", lambda: api.pod_lists > 5)
+    assert 0 == api.lists
+    api.pending("a")
+    wait_for("the claims listed", lambda: api.lists > 0)
+    wait_for("a VF", lambda: node.host.vfs(PF))

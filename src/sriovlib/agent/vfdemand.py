@@ -45,6 +45,7 @@ __all__ = [
     "decide",
     "matches",
     "pending_requests",
+    "waiting_claims",
 ]
 
 Attributes = Mapping[str, Mapping[str, Any]]
@@ -204,7 +205,7 @@ def pending_requests(
 ) -> tuple[Request, ...]:
     """The requests of the unallocated claims that pods not yet on a node wait for,
     whose DeviceClass is *driver*'s, oldest claim first."""
-    waiting = _waited_for(pods)
+    waiting = waiting_claims(pods)
     ours = {}
     for device_class in classes:
         expressions = _expressions((device_class.get("spec") or {}).get("selectors"))
@@ -234,7 +235,7 @@ def pending_requests(
     return tuple(sorted(found, key=lambda r: (r.created, r.claim, r.request)))
 
 
-def _waited_for(pods: Iterable[Mapping[str, Any]]) -> set[tuple[str, str]]:
+def waiting_claims(pods: Iterable[Mapping[str, Any]]) -> set[tuple[str, str]]:
     """(namespace, name) of the claims the pods no node has yet refer to."""
     waiting: set[tuple[str, str]] = set()
     for pod in pods:
