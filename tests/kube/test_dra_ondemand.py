@@ -169,3 +169,46 @@ def test_a_claim_raises_numvfs_the_scheduler_allocates_the_new_vf_and_idle_it_go
         f"{'failed' if failed_first else 'came after the raise'}"
     )
     cluster.kubectl("delete", "resourceclaimtemplate", "vf-on-demand")
+
+
+def test_a_second_claim_waits_while_the_vf_is_in_use_then_takes_it_without_a_raise(
+    dra_cluster: KubeCluster, agent: AgentProcess, api: KubeClient
+) -> None:
+    """Pod A's claim raised numvfs 0 -> 1 and holds VF 0; pod B's claim cannot raise it
+    (1 -> 2 goes through 0 and would reset VF 0): B stays Pending, the agent says why
+    once, ``agent status`` shows the PF blocked. A deleted: B gets VF 0 from the
+    scheduler with no second raise, and the free VF is not given back meanwhile (B's
+    claim matches it)."""
+    cluster = dra_cluster
+    changed = "VFs on demand: numvfs changed"
+    before = len(agent.events(changed))
+    cluster.create(claim_template("vf-on-demand-2", PF))
+    cluster.create(claim_pod(cluster, "od-a", "vf-on-demand-2", "sleep 3600"))
+    pod = cluster.wait_pod("od-a", ("Running", "Failed", "Succeeded"), timeout=120)
+    assert pod["status"]["phase"] == "Running", diagnosis(cluster, agent, "od-a")
+    assert [(e["before"], e["after"]) for e in agent.events(changed)[before:]] == [(0, 1)]
+
+    cluster.create(claim_pod(cluster, "od-b", "vf-on-demand-2", "sleep 3600"))
+    (said,) = agent.wait_event("VFs on demand: numvfs cannot change now", timeout=30)[-1:]
+    assert (
+        said["why"] == f"VF 0 in use: numvfs 1 -> 2 goes through 0 and would reset every VF of {PF}"
+    )
+    figures = wait_for("blocked in agent status", lambda: (f := budget(agent))["blocked"] and f)
+    assert (figures["numvfs"], figures["in_use"], figures["wanted"]) == (1, 1, 1)
+    time.sleep(3)
+    assert cluster.get("pod", "od-b")["status"]["phase"] == "Pending"
+    assert len(agent.events(changed)) == before + 1  # no raise while VF 0 is in use
+
+    cluster.delete_pod("od-a")
+    pod = cluster.wait_pod("od-b", ("Running", "Failed", "Succeeded"), timeout=120)
+    assert pod["status"]["phase"] == "Running", diagnosis(cluster, agent, "od-b")
+    claim = cluster.get("resourceclaim", claim_name_of(cluster, "od-b"))
+    (result,) = claim["status"]["allocation"]["devices"]["results"]
+    assert [result["device"]] == list(node_devices(api, cluster.node_name))  # VF 0 again
+    assert len(agent.events(changed)) == before + 1  # no second raise, no lowering
+
+    cluster.delete_pod("od-b")
+    lowered = agent.wait_event(changed, count=before + 2, timeout=IDLE + 30)[-1]
+    assert (lowered["before"], lowered["after"]) == (1, 0)
+    wait_for("the slice emptied", lambda: not node_devices(api, cluster.node_name))
+    cluster.kubectl("delete", "resourceclaimtemplate", "vf-on-demand-2")
