@@ -378,3 +378,31 @@ def test_the_steady_state_is_one_list_a_look(node: Node, start: StartAgent) -> N
     api.pending("a")
     wait_for("the claims listed", lambda: api.lists > 0)
     wait_for("a VF", lambda: node.host.vfs(PF))
+
+
+@pytest.mark.parametrize(
+    ("argv", "kept"),
+    [
+        (["--dra"], True),
+        (["--dra", "--dra-pools", "od_net"], True),
+        (["--dra", "--dra-pools", "intel.com/od_net,other"], True),
+        (["--dra", "--dra-pools", "other"], False),
+        ([], False),
+    ],
+)
+def test_only_budgets_of_dra_pools_are_served(
+    node: Node, argv: list[str], kept: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``sriovlib agent``'s budgets: a PF whose VFs the device plugin serves (no --dra,
+    or its pool not in --dra-pools) has nobody to raise its count: left, and said."""
+    import argparse
+
+    from sriovlib.cli import agent as cli_agent
+
+    parser = argparse.ArgumentParser()
+    cli_agent.register(parser.add_subparsers())
+    args = parser.parse_args(["agent", *argv])
+    found = cli_agent._budgets(node.host, node.policies, logging.getLogger("t"), args)
+    assert ({node.host.pf(PF).address} if kept else set()) == set(found)
+    said = [r for r in caplog.records if r.message.startswith("vfBudget of PFs whose VFs")]
+    assert ([] if kept else [[PF]]) == [r.pfs for r in said]  # type: ignore[attr-defined]

@@ -418,7 +418,7 @@ def run(args: argparse.Namespace) -> int:
             budgets: dict[Any, Any] = {}
             if policies is not None:
                 config = _apply_policy(host, policies, log)
-                budgets = _budgets(host, policies, log, dra=args.dra)
+                budgets = _budgets(host, policies, log, args)
             carrier_default, carrier_pools = _carrier_settings(
                 args.pf_carrier_health, config, args.resource_prefix
             )
@@ -510,17 +510,31 @@ def _api_client(args: argparse.Namespace, log: logging.Logger) -> Any:
     return KubeClient(config)
 
 
-def _budgets(host: Any, policies: Any, log: logging.Logger, *, dra: bool) -> dict[Any, Any]:
-    """The PFs the policies give a vfBudget, by address (logged when --dra is not
-    there to use them)."""
+def _budgets(
+    host: Any, policies: Any, log: logging.Logger, args: argparse.Namespace
+) -> dict[Any, Any]:
+    """The PFs the policies give a vfBudget whose VFs are DRA devices, by address
+    (the others logged: with --dra absent, or their pools left to the device plugin by
+    --dra-pools, nothing raises their counts)."""
     from sriovlib.policy import merge
 
-    budgets = {t.pf.address: t.budget for t in merge(policies.policies, host.inventory()).pfs
-               if t.budget is not None}  # fmt: skip
-    if budgets and not dra:
+    pools = frozenset().union(*args.dra_pools) if args.dra_pools else None
+    budgets, left = {}, []
+    for target in merge(policies.policies, host.inventory()).pfs:
+        if target.budget is None:
+            continue
+        names = {g.resource_name for g in target.groups}
+        if args.dra and (pools is None or all(
+            n in pools or f"{args.resource_prefix}/{n}" in pools for n in names
+        )):  # fmt: skip
+            budgets[target.pf.address] = target.budget
+        else:
+            left.append(target.pf.name)
+    if left:
         log.warning(
-            "vfBudget without --dra: the PFs keep the count apply gave them",
-            extra={"pfs": sorted(str(a) for a in budgets)},
+            "vfBudget of PFs whose VFs are not DRA devices (no --dra, or pools not in "
+            "--dra-pools): they keep the count apply gave them",
+            extra={"pfs": sorted(left)},
         )
     return budgets
 
