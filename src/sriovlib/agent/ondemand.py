@@ -204,9 +204,15 @@ class OnDemand:
             self._thread.join(30)
 
     def _run(self) -> None:
-        self.step()  # the first look at once: ``agent status`` shows the budgets
+        self._guarded()  # the first look at once: ``agent status`` shows the budgets
         while not self._stop.wait(self.options.interval):
+            self._guarded()
+
+    def _guarded(self) -> None:
+        try:
             self.step()
+        except Exception:  # a bug here must not end the VFs on demand for good
+            log.exception("VFs on demand: the look failed")
 
     def step(self, now: float | None = None) -> Verdict:
         """Observe, decide, act once; the verdict (what the API server refused to tell
@@ -378,13 +384,14 @@ class OnDemand:
         time.sleep(self.options.settle)
         try:
             claims = self._items(CLAIMS)
-        except KubeApiError as e:
-            return f"the claims could not be read again: {e}"
+            held = self.held_here()
+            vfs = self.host.vfs(self.host.pf(resize.pf))
+        except (KubeApiError, SriovError, OSError) as e:
+            return f"who holds its VFs could not be read again: {e}"
         allocated = allocated_devices(claims, self.driver, self.node_name)
-        held = self.held_here()
         taken = sorted(
             str(vf.address)
-            for vf in self.host.vfs(self.host.pf(resize.pf))
+            for vf in vfs
             if device_name(vf.address) in allocated or vf.address in held
         )
         if taken:
