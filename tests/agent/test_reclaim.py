@@ -18,6 +18,7 @@ import pytest
 
 from sriovlib.agent.api import podresources_pb2 as pb
 from sriovlib.agent.api import podresources_pb2_grpc as pb_grpc
+from sriovlib.agent.kubelet import unix_target
 from sriovlib.agent.metrics import Metrics
 from sriovlib.agent.podresources import PodResourcesClient
 from sriovlib.agent.reclaim import Reclaimer, ReclaimMode
@@ -158,7 +159,7 @@ class Kubelet:
     def start(self) -> None:
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
         pb_grpc.add_PodResourcesListerServicer_to_server(self.lister, self.server)  # type: ignore[no-untyped-call]
-        self.server.add_insecure_port(f"unix://{self.socket}")
+        self.server.add_insecure_port(unix_target(self.socket))
         self.server.start()
 
     def stop(self) -> None:

@@ -21,6 +21,7 @@ import pytest
 
 from sriovlib.agent.api import deviceplugin_pb2 as pb
 from sriovlib.agent.api import deviceplugin_pb2_grpc as pb_grpc
+from sriovlib.agent.kubelet import unix_target
 from sriovlib.agent.podresources import PodResourcesClient
 from sriovlib.allocation import AllocationStore, Owner
 from sriovlib.models import PciAddress
@@ -228,11 +229,11 @@ class _EarlierPlugin(pb_grpc.DevicePluginServicer):
         self.path = directory / "earlier-plugin.sock"
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         pb_grpc.add_DevicePluginServicer_to_server(self, self.server)  # type: ignore[no-untyped-call]
-        self.server.add_insecure_port(f"unix://{self.path}")
+        self.server.add_insecure_port(unix_target(self.path))
         self.server.start()
         request = pb.RegisterRequest(version="v1beta1", endpoint=self.path.name,
                                      resource_name=resource)  # fmt: skip
-        with grpc.insecure_channel(f"unix://{directory / 'kubelet.sock'}") as channel:
+        with grpc.insecure_channel(unix_target(directory / "kubelet.sock")) as channel:
             pb_grpc.RegistrationStub(channel).Register(request, timeout=5)  # type: ignore[no-untyped-call]
 
     def GetDevicePluginOptions(self, request: Any, context: Any) -> Any:

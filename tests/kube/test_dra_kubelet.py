@@ -30,6 +30,7 @@ from sriovlib.agent.api import podresources_pb2 as pr
 from sriovlib.agent.api import podresources_pb2_grpc as pr_grpc
 from sriovlib.agent.draslices import SLICES
 from sriovlib.agent.kubeapi import KubeClient, load_kubeconfig
+from sriovlib.agent.kubelet import unix_target
 from sriovlib.testing.kube import KubeCluster
 
 from .conftest import AgentProcess
@@ -194,7 +195,7 @@ def claim_gone(cluster: KubeCluster, name: str) -> bool:
 def pod_dynamic_resources(cluster: KubeCluster, pod: str) -> list[pr.DynamicResource]:
     """What the kubelet's pod-resources API lists for the pod's container's claims."""
     socket = cluster.kubelet_root / "pod-resources" / "kubelet.sock"
-    with grpc.insecure_channel(f"unix://{socket}") as channel:
+    with grpc.insecure_channel(unix_target(socket)) as channel:
         stub = pr_grpc.PodResourcesListerStub(channel)  # type: ignore[no-untyped-call]
         answer = stub.List(pr.ListPodResourcesRequest(), timeout=10)
     for found in answer.pod_resources:

@@ -45,6 +45,7 @@ from sriovlib.agent.draclaims import (
 )
 from sriovlib.agent.draprepare import Preparer
 from sriovlib.agent.drastore import PreparedClaims
+from sriovlib.agent.kubelet import unix_target
 from sriovlib.exceptions import SriovError
 from sriovlib.host import Host
 from sriovlib.models import PciAddress
@@ -324,7 +325,7 @@ class DraPlugin:
             futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix=name)
         )
         add(servicer, server)
-        if server.add_insecure_port(f"unix://{path}") == 0:
+        if server.add_insecure_port(unix_target(path)) == 0:
             raise OSError(f"cannot listen on {path}")
         server.start()
         self._servers.append((server, path))

@@ -20,9 +20,12 @@ kubelet's ``kubelet.sock`` (``Registration.Register``, version ``v1beta1``).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -43,6 +46,7 @@ __all__ = [
     "RegistrationError",
     "Supervisor",
     "register",
+    "unix_target",
 ]
 
 log = logging.getLogger("sriovlib.agent")
@@ -62,6 +66,43 @@ ABANDONED_GRACE = 1.0
 CALL_TIMEOUT = 5.0
 #: Worker threads per server: each ListAndWatch stream holds one.
 WORKERS = 8
+
+
+#: The longest unix socket path gRPC binds or dials: its own check, stricter than the
+#: kernel's 107 bytes (a 63-character driver name under the kubelet's plugin directory is
+#: longer).
+GRPC_UNIX_PATH_MAX = 105
+
+_aliases: dict[str, str] = {}
+_aliases_lock = threading.Lock()
+
+
+def unix_target(path: Path) -> str:
+    """The gRPC target of the unix socket *path*, to bind or to dial.
+
+    A path longer than gRPC takes is reached through a short symbolic link to its
+    directory, in a private temporary directory of this process (one per directory, kept
+    while the process lives, as gRPC binds at once but dials again on every reconnect):
+    the kernel follows the link at ``bind`` and ``connect``, so the socket is at *path*
+    and others reach it there.
+    """
+    if len(os.fsencode(path)) <= GRPC_UNIX_PATH_MAX:
+        return f"unix://{path}"
+    directory = os.fspath(path.parent)
+    with _aliases_lock:
+        alias = _aliases.get(directory)
+        if alias is None:
+            if not _aliases:
+                atexit.register(_remove_aliases)
+            alias = os.path.join(tempfile.mkdtemp(prefix="sriovlib-sock-"), "d")
+            os.symlink(directory, alias)
+            _aliases[directory] = alias
+    return f"unix://{alias}/{path.name}"
+
+
+def _remove_aliases() -> None:
+    for alias in _aliases.values():
+        shutil.rmtree(os.path.dirname(alias), ignore_errors=True)  # the links, not their targets
 
 
 class RegistrationError(Exception):
@@ -98,7 +139,7 @@ class PluginServer:
             )
         )
         pb_grpc.add_DevicePluginServicer_to_server(self.service, server)  # type: ignore[no-untyped-call]
-        if server.add_insecure_port(f"unix://{self.path}") == 0:
+        if server.add_insecure_port(unix_target(self.path)) == 0:
             raise OSError(f"cannot listen on {self.path}")
         server.start()
         self._server = server
@@ -112,7 +153,7 @@ class PluginServer:
     def probe(self) -> str | None:
         """Call the server through its socket: None if it answers, else the error."""
         try:
-            with grpc.insecure_channel(f"unix://{self.path}") as channel:
+            with grpc.insecure_channel(unix_target(self.path)) as channel:
                 stub = pb_grpc.DevicePluginStub(channel)  # type: ignore[no-untyped-call]
                 stub.GetDevicePluginOptions(pb.Empty(), timeout=CALL_TIMEOUT)
         except grpc.RpcError as e:
@@ -142,7 +183,7 @@ def register(directory: Path, server: PluginServer, timeout: float = CALL_TIMEOU
         options=pb.DevicePluginOptions(get_preferred_allocation_available=True),
     )
     try:
-        with grpc.insecure_channel(f"unix://{directory / KUBELET_SOCKET}") as channel:
+        with grpc.insecure_channel(unix_target(directory / KUBELET_SOCKET)) as channel:
             stub = pb_grpc.RegistrationStub(channel)  # type: ignore[no-untyped-call]
             stub.Register(request, timeout=timeout)
     except grpc.RpcError as e:

@@ -18,6 +18,7 @@ import grpc
 
 from sriovlib.agent.api import podresources_pb2 as pb
 from sriovlib.agent.api import podresources_pb2_grpc as pb_grpc
+from sriovlib.agent.kubelet import unix_target
 
 __all__ = ["DEFAULT_SOCKET", "TIMEOUT", "PodResourcesClient"]
 
@@ -52,7 +53,8 @@ class PodResourcesClient:
             if not stat.S_ISSOCK(self.socket.stat().st_mode):
                 raise OSError(f"{self.socket} is not a socket")
             with grpc.insecure_channel(
-                f"unix://{self.socket}", options=[("grpc.max_receive_message_length", _MAX_MESSAGE)]
+                unix_target(self.socket),
+                options=[("grpc.max_receive_message_length", _MAX_MESSAGE)],
             ) as channel:
                 stub = pb_grpc.PodResourcesListerStub(channel)  # type: ignore[no-untyped-call]
                 answer = stub.List(pb.ListPodResourcesRequest(), timeout=self.timeout)

@@ -37,6 +37,7 @@ from sriovlib.agent.api import pluginregistration_pb2 as reg
 from sriovlib.agent.api import pluginregistration_pb2_grpc as reg_grpc
 from sriovlib.agent.draclaims import DEFAULT_DRIVER_NAME, ClaimRef, ClaimUnavailable
 from sriovlib.agent.draprepare import device_name
+from sriovlib.agent.kubelet import unix_target
 from sriovlib.models import PciAddress
 
 __all__ = [
@@ -148,7 +149,7 @@ class DraPluginClient:
     def __init__(self, info: reg.PluginInfo) -> None:
         self.info = info
         self.endpoint = Path(info.endpoint)
-        self._channel = grpc.insecure_channel(f"unix://{self.endpoint}")
+        self._channel = grpc.insecure_channel(unix_target(self.endpoint))
         self.stub = pb_grpc.DRAPluginStub(self._channel)  # type: ignore[no-untyped-call]
 
     def prepare(self, *claims: ClaimRef) -> pb.NodePrepareResourcesResponse:
@@ -209,7 +210,7 @@ class DraKubeletStandIn:
                 was told so through NotifyRegistrationStatus).
         """
         path = self.socket(driver, timeout)
-        with grpc.insecure_channel(f"unix://{path}") as channel:
+        with grpc.insecure_channel(unix_target(path)) as channel:
             stub = reg_grpc.RegistrationStub(channel)  # type: ignore[no-untyped-call]
             info: reg.PluginInfo = stub.GetInfo(reg.InfoRequest(), timeout=5)
             self.infos.append(info)

@@ -31,6 +31,7 @@ import grpc
 
 from sriovlib.agent.api import deviceplugin_pb2 as pb
 from sriovlib.agent.api import deviceplugin_pb2_grpc as pb_grpc
+from sriovlib.agent.kubelet import unix_target
 
 __all__ = ["KubeletStandIn", "PluginClient", "Refused"]
 
@@ -51,7 +52,7 @@ class PluginClient:
         self.resource = request.resource_name
         self.endpoint = request.endpoint
         self.options = request.options
-        self._channel = grpc.insecure_channel(f"unix://{directory / request.endpoint}")
+        self._channel = grpc.insecure_channel(unix_target(directory / request.endpoint))
         self.stub = pb_grpc.DevicePluginStub(self._channel)  # type: ignore[no-untyped-call]
         self._cond = threading.Condition()
         self.updates: list[list[pb.Device]] = []
@@ -173,7 +174,7 @@ class KubeletStandIn:
         self.socket.unlink(missing_ok=True)
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         pb_grpc.add_RegistrationServicer_to_server(_Registration(self), server)  # type: ignore[no-untyped-call]
-        server.add_insecure_port(f"unix://{self.socket}")
+        server.add_insecure_port(unix_target(self.socket))
         server.start()
         self._server = server
 
