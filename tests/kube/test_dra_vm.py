@@ -559,6 +559,7 @@ def test_a_claim_on_a_real_igb_vf_is_scheduled_prepared_running_and_restored(
         assert not done["spec"]
         (restored,) = [e for e in done["restored"] if e["vf"] == address]
         assert {"vf_vlan", "vf_spoofchk", "vf_trust"} <= set(restored["restored"]), restored
+        assert "namespace" not in restored["restored"], restored  # it never left the host
         # every VF as before the pod: its netdev home (the CNI's DEL), its settings (the
         # unprepare)
         assert _as_restored(done["vfs"]) == _as_restored(before), (done["vfs"], before)
