@@ -91,7 +91,7 @@ class ClusterApi(MemoryApi):
             self.on_slice(stored)
         return stored
 
-    def pending(self, name: str) -> None:
+    def pending(self, name: str, node_selector: Mapping[str, str] | None = None) -> None:
         """A claim from a template of a pod no node has yet."""
         claim = resource_claim(name, allocated=False)
         claim["metadata"]["creationTimestamp"] = f"2026-01-01T00:00:{len(self.claims):02d}Z"
@@ -101,7 +101,10 @@ class ClusterApi(MemoryApi):
         self.claims[name] = claim
         self.pods[name] = {
             "metadata": {"name": f"pod-{name}", "namespace": "default"},
-            "spec": {"resourceClaims": [{"name": "net", "resourceClaimTemplateName": "t"}]},
+            "spec": {
+                "resourceClaims": [{"name": "net", "resourceClaimTemplateName": "t"}],
+                **({"nodeSelector": dict(node_selector)} if node_selector else {}),
+            },
             "status": {"resourceClaimStatuses": [{"name": "net", "resourceClaimName": name}]},
         }
 
@@ -261,6 +264,7 @@ def test_a_pending_claim_raises_the_count_and_idle_vfs_go_back(
         (r.direction, r.before, r.after) for r in agent.on_demand.done
     ]
     assert {"raise": 1, "lower": 1} == status(agent)["resizes"]
+    wait_for("numvfs 0 in agent status", lambda: status(agent)["budgets"][PF]["numvfs"] == 0)
     host, port = agent.metrics_address or ("", 0)
     assert 0 == main(["agent", "status", "--metrics-address", f"{host}:{port}"])
     table = capsys.readouterr().out
@@ -406,3 +410,15 @@ def test_only_budgets_of_dra_pools_are_served(
     assert ({node.host.pf(PF).address} if kept else set()) == set(found)
     said = [r for r in caplog.records if r.message.startswith("vfBudget of PFs whose VFs")]
     assert ([] if kept else [[PF]]) == [r.pfs for r in said]  # type: ignore[attr-defined]
+
+
+def test_a_pod_bound_for_another_node_raises_nothing(node: Node, start: StartAgent) -> None:
+    """Its nodeSelector names another node: its claim is not this node's demand."""
+    api = ClusterApi()
+    start(api)
+    api.pending("a", node_selector={"kubernetes.io/hostname": "node2"})
+    lists = api.pod_lists
+    wait_for("looks", lambda: api.pod_lists > lists + 10)
+    assert 0 == node.num_vfs()
+    del api.pods["a"]["spec"]["nodeSelector"]
+    wait_for("a VF", lambda: node.host.vfs(PF))

@@ -15,6 +15,7 @@ from sriovlib.agent.vfdemand import (
     allocated_devices,
     decide,
     matches,
+    may_go_to,
     pending_requests,
 )
 from sriovlib.models import PciAddress
@@ -285,3 +286,48 @@ class TestDecide:
         assert ([], ()) == (outcome(verdict), verdict.blocked)
         alone = decide([state], [], [free(PF1, 0)], driver=DRIVER, idle_seconds=60)
         assert [("enp94s0f0", 1, 0)] == outcome(alone)
+
+
+NODE = {"metadata": {"name": "node1", "labels": {"kubernetes.io/hostname": "node1",
+                                                "sriov": "yes", "zone": "a"}}}  # fmt: skip
+
+
+def term(*expressions: dict[str, Any], fields: tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
+    return {"matchExpressions": list(expressions), "matchFields": list(fields)}
+
+
+def affinity(*terms: dict[str, Any]) -> dict[str, Any]:
+    required = {"nodeSelectorTerms": list(terms)}
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": required}}
+
+
+class TestMayGoTo:
+    @pytest.mark.parametrize(
+        ("spec", "expected"),
+        [
+            ({}, True),
+            ({"nodeSelector": {"sriov": "yes"}}, True),
+            ({"nodeSelector": {"sriov": "yes", "zone": "b"}}, False),
+            ({"nodeSelector": {"kubernetes.io/hostname": "node2"}}, False),
+            ({"affinity": affinity(term({"key": "zone", "operator": "In", "values": ["a", "b"]}))},
+             True),
+            ({"affinity": affinity(term({"key": "zone", "operator": "NotIn", "values": ["a"]}))},
+             False),
+            ({"affinity": affinity(term({"key": "gpu", "operator": "Exists"}),
+                                   term({"key": "gpu", "operator": "DoesNotExist"}))}, True),
+            ({"affinity": affinity(term({"key": "gpu", "operator": "Exists"}))}, False),
+            ({"affinity": affinity(term(fields=({"key": "metadata.name", "operator": "In",
+                                                 "values": ["node2"]},)))}, False),
+            ({"affinity": affinity(term({"key": "cores", "operator": "Gt", "values": ["8"]}))},
+             True),  # cannot tell: may
+        ],
+    )  # fmt: skip
+    def test_selector_and_required_affinity(self, spec: dict[str, Any], expected: bool) -> None:
+        assert expected is may_go_to(spec, NODE)
+
+    def test_a_pod_for_another_node_is_no_demand_here(self) -> None:
+        elsewhere = pod(["a"])
+        elsewhere["spec"]["nodeSelector"] = {"kubernetes.io/hostname": "node2"}
+        claims = [claim("a", exactly())]
+        assert () == pending_requests(claims, [elsewhere], CLASSES, DRIVER, NODE)
+        assert 1 == len(pending_requests(claims, [elsewhere], CLASSES, DRIVER))  # no node: may

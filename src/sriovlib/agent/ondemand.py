@@ -76,6 +76,8 @@ PODS = "/api/v1/pods"
 DEFAULT_IDLE = 300.0
 #: Seconds a PF whose resize failed is left alone before the next try.
 RETRY_AFTER = 30.0
+#: Seconds the Node's labels are kept before they are read again.
+NODE_INTERVAL = 60.0
 
 #: Changes the VF count of the PF at the address (raises what the Host or policy raise).
 Resizer = Callable[[PciAddress, int], None]
@@ -176,6 +178,8 @@ class OnDemand:
         self._retry: dict[PciAddress, float] = {}
         self._said: dict[PciAddress, str] = {}
         self._problem = ""
+        self._node_object: Mapping[str, Any] | None = None
+        self._node_read = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -220,9 +224,10 @@ class OnDemand:
         with self._lock:
             try:
                 pods = self._items(PODS, {"fieldSelector": "spec.nodeName="})
+                node = self._node(pods)
                 # nothing waits and nothing is above its floor: the claims cannot change
                 # anything (one LIST a look in the steady state)
-                quiet = not waiting_claims(pods) and all(
+                quiet = not waiting_claims(pods, node) and all(
                     self.host.pf(a).num_vfs <= b.min for a, b in self.budgets.items()
                 )
                 claims = [] if quiet else self._items(CLAIMS)
@@ -234,7 +239,7 @@ class OnDemand:
                 self._problem = str(e)
                 return self.verdict
             self._problem = ""
-            requests = pending_requests(claims, pods, classes, self.driver)
+            requests = pending_requests(claims, pods, classes, self.driver, node)
             verdict = decide(
                 pfs,
                 requests,
@@ -249,6 +254,16 @@ class OnDemand:
                     break
                 self._act(resize, [str(r) for r in requests])
             return verdict
+
+    def _node(self, pods: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+        """The Node (its labels, for the pods' node selectors), read again at most every
+        ``NODE_INTERVAL`` seconds, and only while some pod waits."""
+        if not pods:
+            return self._node_object
+        if self._node_object is None or time.monotonic() >= self._node_read + NODE_INTERVAL:
+            self._node_object = self.api.get(f"/api/v1/nodes/{self.node_name}")
+            self._node_read = time.monotonic()
+        return self._node_object
 
     def _items(self, path: str, query: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
         """The items of a LIST, served from the API server's watch cache

@@ -44,6 +44,7 @@ __all__ = [
     "allocated_devices",
     "decide",
     "matches",
+    "may_go_to",
     "pending_requests",
     "waiting_claims",
 ]
@@ -202,10 +203,12 @@ def pending_requests(
     pods: Iterable[Mapping[str, Any]],
     classes: Iterable[Mapping[str, Any]],
     driver: str,
+    node: Mapping[str, Any] | None = None,
 ) -> tuple[Request, ...]:
     """The requests of the unallocated claims that pods not yet on a node wait for,
-    whose DeviceClass is *driver*'s, oldest claim first."""
-    waiting = waiting_claims(pods)
+    whose DeviceClass is *driver*'s, oldest claim first; with *node* (the Node object),
+    only pods that may go there."""
+    waiting = waiting_claims(pods, node)
     ours = {}
     for device_class in classes:
         expressions = _expressions((device_class.get("spec") or {}).get("selectors"))
@@ -235,12 +238,17 @@ def pending_requests(
     return tuple(sorted(found, key=lambda r: (r.created, r.claim, r.request)))
 
 
-def waiting_claims(pods: Iterable[Mapping[str, Any]]) -> set[tuple[str, str]]:
-    """(namespace, name) of the claims the pods no node has yet refer to."""
+def waiting_claims(
+    pods: Iterable[Mapping[str, Any]], node: Mapping[str, Any] | None = None
+) -> set[tuple[str, str]]:
+    """(namespace, name) of the claims the pods no node has yet refer to; with *node*,
+    of the pods whose node selector and required node affinity do not rule it out."""
     waiting: set[tuple[str, str]] = set()
     for pod in pods:
         meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
         if spec.get("nodeName") or meta.get("deletionTimestamp"):
+            continue
+        if node is not None and not may_go_to(spec, node):
             continue
         namespace = str(meta.get("namespace", ""))
         named = [e.get("resourceClaimName") for e in spec.get("resourceClaims") or ()]
@@ -250,6 +258,42 @@ def waiting_claims(pods: Iterable[Mapping[str, Any]]) -> set[tuple[str, str]]:
         ]
         waiting.update((namespace, str(n)) for n in named if n)
     return waiting
+
+
+def may_go_to(spec: Mapping[str, Any], node: Mapping[str, Any]) -> bool:
+    """Whether a pod of *spec* may be placed on *node* as far as its ``nodeSelector``
+    and its required node affinity say (``In``, ``NotIn``, ``Exists``,
+    ``DoesNotExist`` on labels, ``metadata.name`` fields; another operator may match).
+    Taints, resources and the rest are the scheduler's."""
+    meta = node.get("metadata") or {}
+    labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+    for key, value in (spec.get("nodeSelector") or {}).items():
+        if labels.get(str(key)) != str(value):
+            return False
+    required = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
+    terms = required.get("nodeSelectorTerms") or ()
+    fields = {"metadata.name": str(meta.get("name", ""))}
+    return not terms or any(
+        all(_expression_holds(e, labels) for e in term.get("matchExpressions") or ())
+        and all(_expression_holds(e, fields) for e in term.get("matchFields") or ())
+        for term in terms
+    )
+
+
+def _expression_holds(expression: Mapping[str, Any], values: Mapping[str, str]) -> bool:
+    key, operator = str(expression.get("key", "")), expression.get("operator")
+    wanted = [str(v) for v in expression.get("values") or ()]
+    if operator == "In":
+        return key in values and values[key] in wanted
+    if operator == "NotIn":
+        return key not in values or values[key] not in wanted
+    if operator == "Exists":
+        return key in values
+    if operator == "DoesNotExist":
+        return key not in values
+    return True  # Gt, Lt: may hold
 
 
 def _ours(
