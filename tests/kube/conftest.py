@@ -8,9 +8,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -18,6 +18,24 @@ from sriovlib.testing.clienttools import ToolUnavailable
 from sriovlib.testing.kube import KubeCluster
 from sriovlib.testing.kubebuild import kube_tools
 from sriovlib.testing.vm import SriovVM
+
+T = TypeVar("T")
+
+
+def wait_for(
+    what: str, check: Callable[[], T | None], timeout: float = 60, every: float = 0.1
+) -> T:
+    """*check*'s first true value, called every *every* seconds; fails the test naming
+    *what* after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every)
+
 
 #: A node's network in the igb VM: the kubelet needs a default route to pick a node IP,
 #: and the chroot guest has no module autoload, so a dummy link carries the node address.

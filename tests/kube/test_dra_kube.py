@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 import pytest
@@ -46,9 +46,10 @@ from sriovlib.testing.fakenetlink import FakeNetlink
 from sriovlib.testing.kube import KubeCluster
 from sriovlib.testing.presets import build_example
 
+from .conftest import wait_for
+
 pytestmark = pytest.mark.kube
 
-T = TypeVar("T")
 DRIVER = "sriov.sriovlib.io"
 CLAIMS = "/apis/resource.k8s.io/v1/namespaces/{ns}/resourceclaims"
 #: The three pools of tests/agent: mlx5 (8 VFs, NUMA 0, RDMA), i40e iavf (12) and vfio-pci (4).
@@ -66,17 +67,6 @@ ALL_VFS = 24
 BAD_TOKEN = "not-a-token"  # noqa: S105 - one the server does not know
 NET_VF = "0000:5e:00.2"  # iavf, VF 0 of enp59s0f0 (0000:5e:00.0), NUMA 1
 RDMA_VF = "0000:3b:00.2"  # mlx5_core, VF 0 of ens1f0, mlx5_1
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = 20) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 @attrs.define

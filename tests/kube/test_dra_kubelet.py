@@ -19,9 +19,9 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import pytest
@@ -33,11 +33,10 @@ from sriovlib.agent.kubeapi import KubeClient, load_kubeconfig
 from sriovlib.agent.kubelet import unix_target
 from sriovlib.testing.kube import KubeCluster
 
-from .conftest import AgentProcess
+from .conftest import AgentProcess, wait_for
 
 pytestmark = pytest.mark.kube
 
-T = TypeVar("T")
 DRIVER = "sriov.sriovlib.io"
 CLASS = "sriovlib-vf"
 PF = "enp59s0f1"  # the second i40e PF of the example node: 6 iavf VFs
@@ -51,17 +50,6 @@ NET_VFS = 12
 #: The class turns spoof checking off, the claim asks for a VLAN: both reach the VF.
 CLASS_PARAMETERS = {"spoofchk": "off"}
 CLAIM_PARAMETERS = {"vlan": 42}
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = 60) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")

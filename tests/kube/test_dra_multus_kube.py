@@ -21,8 +21,8 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -44,10 +44,10 @@ from sriovlib.testing.multus import (
 )
 
 from . import test_multus_kube as multus_tier
+from .conftest import wait_for
 
 pytestmark = pytest.mark.kube
 
-T = TypeVar("T")
 DRIVER = "sriov.sriovlib.io"
 CLASS = "sriovlib-veth-vf"
 NAD_VLAN, NAD_MAC = 100, "ca:fe:00:d7:a0:02"
@@ -60,17 +60,6 @@ _INET = re.compile(r"inet (10\.56\.219\.\d+)/24")
 
 #: Multus as containerd's primary CNI (the module-scoped fixture of the Multus tests).
 multus = multus_tier.multus
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = 60) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,9 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 import pytest
@@ -37,9 +36,10 @@ from sriovlib.testing.kube import KubeCluster
 from sriovlib.testing.kubebuild import kube_tools
 from sriovlib.testing.presets import build_example
 
+from .conftest import wait_for
+
 pytestmark = pytest.mark.kube
 
-T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = "sriov.sriovlib.io"
 NODE = "rbac-node"
@@ -53,17 +53,6 @@ CONFIG = {
     ]
 }
 NET_VFS = 12
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
