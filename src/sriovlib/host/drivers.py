@@ -13,7 +13,7 @@ import time
 
 from sriovlib.exceptions import DeviceNotFound, VfsNotReady, kernel_error
 from sriovlib.host.node import USERSPACE_DRIVERS, NodeContext, get_or_none
-from sriovlib.models import PciAddress, VirtualFunction
+from sriovlib.models import PciAddress, PhysicalFunction, VirtualFunction
 from sriovlib.plugins.types import DeviceType
 
 __all__ = ["Drivers"]
@@ -75,17 +75,19 @@ class Drivers:
             return current
         if current.driver is not None:
             self.node.sysfs_write(pf, "unbind VF", current.address, current.driver)
+        self._probe(pf, current.address, driver)
+        return self.node.fresh_vf(current.address)
+
+    def _probe(self, pf: PhysicalFunction, vf: PciAddress, driver: str | None) -> None:
+        """Pin *vf* to *driver* with ``driver_override`` (None: no pin, the kernel picks
+        by PCI id) and probe it."""
         try:
-            self.node.sysfs.set_driver_override(current.address, driver)
-            self.node.sysfs.probe(current.address)
+            self.node.sysfs.set_driver_override(vf, driver)
+            self.node.sysfs.probe(vf)
         except OSError as e:
             raise kernel_error(
-                e.errno or errno.EIO,
-                f"bind VF to {driver}",
-                str(current.address),
-                driver=pf.driver,
+                e.errno or errno.EIO, f"bind VF to {driver}", str(vf), driver=pf.driver
             ) from None
-        return self.node.fresh_vf(current.address)
 
     def bind_problem(
         self, vf: VirtualFunction | PciAddress | str, device_type: DeviceType
@@ -136,18 +138,17 @@ class Drivers:
             if current.driver is not None:
                 self.node.sysfs_write(pf, "unbind VF", current.address, current.driver)
             if driver is not None:
-                try:
-                    self.node.sysfs.set_driver_override(current.address, driver)
-                    self.node.sysfs.probe(current.address)
-                    if driver not in USERSPACE_DRIVERS:
+                self._probe(pf, current.address, driver)
+                if driver not in USERSPACE_DRIVERS:
+                    try:
                         self.node.sysfs.set_driver_override(current.address, None)
-                except OSError as e:
-                    raise kernel_error(
-                        e.errno or errno.EIO,
-                        f"bind VF to {driver}",
-                        str(current.address),
-                        driver=pf.driver,
-                    ) from None
+                    except OSError as e:
+                        raise kernel_error(
+                            e.errno or errno.EIO,
+                            "clear driver_override",
+                            str(current.address),
+                            driver=pf.driver,
+                        ) from None
         fresh = self.node.fresh_vf(current.address)
         if fresh.driver != driver:
             raise VfsNotReady(
