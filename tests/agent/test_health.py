@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import threading
 
 import grpc
 import pytest
 
+from sriovlib.agent.grants import Granter
+from sriovlib.agent.health import HealthWatch
 from sriovlib.plugins.types import DeviceType
 from sriovlib.testing.kubelet import KubeletStandIn, PluginClient
 
@@ -107,3 +110,39 @@ def test_a_missing_device_node_is_not_forgotten_by_an_event(
     moved.rename(node.root / "dev/vfio" / str(group))
     agent.health.assess()
     wait_unhealthy(plugin, set())
+
+
+def test_a_wake_up_publishes_after_its_assessment(node: Node) -> None:
+    """The order of one wake-up: ``on_wake`` (the agent's reconcile), the assessment,
+    then ``after_wake`` (the agent's ResourceSlices), so what a kernel event changed is
+    published by the wake-up the event caused, not by the next one."""
+    calls: list[object] = []
+    done = threading.Event()
+
+    class Recording(HealthWatch):
+        def assess(self) -> int:
+            calls.append("assess")
+            return super().assess()
+
+    def after() -> None:
+        calls.append("after")
+        if ("wake", True) in calls:
+            done.set()
+
+    watch = Recording(
+        node.host,
+        Granter(node.host, device_info_dir=None, cdi_dir=None),
+        list,
+        pf_carrier=lambda _resource: True,
+        on_wake=lambda event: calls.append(("wake", event)),
+        after_wake=after,
+        tick=60,
+    )
+    watch.start()
+    try:
+        node.kernel.set_carrier("enp59s0f0", False)
+        assert done.wait(10)
+    finally:
+        watch.stop()
+    first = calls.index(("wake", True))
+    assert calls[first : first + 3] == [("wake", True), "assess", "after"]

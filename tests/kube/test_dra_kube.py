@@ -307,7 +307,9 @@ def test_slices_follow_health_and_vfs_that_go_with_the_generation_bumped(
         "the PF's VFs to leave", lambda: set(devices_of(api, name)).isdisjoint(on_pf0) or None
     )
     assert left
-    assert time.monotonic() - started < 10
+    took = time.monotonic() - started
+    print(f"carrier lost -> VFs out of the slice: {took:.2f} s")
+    assert took < 10  # a bound, not a benchmark: 0.11 s measured here (docs/dra.md)
     assert len(devices_of(api, name)) == ALL_VFS - len(on_pf0)
     assert generation() == first + 1
     node.kernel.set_carrier("enp59s0f0", True)

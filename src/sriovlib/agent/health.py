@@ -57,6 +57,8 @@ class HealthWatch:
         rescan: Seconds between assessments without events.
         on_wake: Called on every wake-up before an assessment, with True after events
             and False every *tick* seconds without (the agent reconciles there).
+        after_wake: Called at the end of every wake-up, after the assessment if there
+            was one (the agent publishes what it changed there, at once).
         tick: Seconds between wake-ups without events.
         metrics: Where health changes are counted, if anywhere.
     """
@@ -70,6 +72,7 @@ class HealthWatch:
         pf_carrier: Callable[[Resource], bool],
         rescan: float = RESCAN_INTERVAL,
         on_wake: Callable[[bool], None] | None = None,
+        after_wake: Callable[[], None] | None = None,
         tick: float = TICK,
         metrics: Metrics | None = None,
     ) -> None:
@@ -79,6 +82,7 @@ class HealthWatch:
         self.pf_carrier = pf_carrier
         self.rescan = rescan
         self.on_wake = on_wake
+        self.after_wake = after_wake
         self.tick = tick
         self.metrics = metrics
         self.assessments = 0
@@ -115,6 +119,8 @@ class HealthWatch:
                 if event or time.monotonic() >= rescan_at:
                     self.assess()
                     rescan_at = time.monotonic() + self.rescan
+                if self.after_wake is not None:
+                    self.after_wake()
             except Exception:  # a bug here must not end health for good
                 log.exception("health assessment failed")
 

@@ -351,6 +351,7 @@ class Agent:
             pf_carrier=self.options.follows_pf_carrier,
             rescan=self.options.rescan_interval,
             on_wake=self._on_wake,
+            after_wake=self._after_wake,
             metrics=self.metrics,
         )
         self.health.assess()  # the first ListAndWatch already tells the truth
@@ -459,8 +460,11 @@ class Agent:
             reason = "PCI functions came or went"
         if reason is not None:
             self.reconcile(reason)
-        elif self.slices is not None:
-            self.slices.sync()  # what the last assessment changed
+
+    def _after_wake(self) -> None:
+        """Publish what this wake-up's reconcile and assessment changed."""
+        if self.slices is not None:
+            self.slices.sync()
 
     def reconcile(self, reason: str = "asked") -> dict[str, list[str]]:
         """Make the served pools what the config and the node say now: a pool whose
