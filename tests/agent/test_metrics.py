@@ -70,6 +70,10 @@ def test_status_prints_the_live_view_as_json_and_a_table(
     assert status["pools"][NET]["devices"] == 12
     assert status["pools"][NET]["healthy"] == 12
     assert set(status["pools"]) == {NET, "intel.com/mlx", "intel.com/intel_dpdk"}
+    # a counter nothing incremented yet is 0, not left out
+    assert status["pools"][NET]["errors"] == 0
+    assert status["pools"][NET]["allocates"] == 0
+    assert {len(pool) for pool in status["pools"].values()} == {7}
     assert main(["agent", "status", "--metrics-address", address(agent)]) == 0
     table = capsys.readouterr().out
     assert NET in table

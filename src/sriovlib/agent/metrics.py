@@ -214,7 +214,10 @@ def read_status(address: str, timeout: float = 5.0) -> dict[str, Any]:
                 key = keys[sample.name]
                 pool[key] = pool.get(key, 0) + sample.value
     return {
-        "pools": pools,
+        # every key for every pool: a counter never incremented has no sample at all
+        "pools": {
+            name: {k: pool.get(k, 0.0) for k in keys.values()} for name, pool in pools.items()
+        },
         "reconciles": int(reconciles),
         "reclaims": {outcome: int(n) for outcome, n in reclaims.items()},
         "budgets": budgets,
