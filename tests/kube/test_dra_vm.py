@@ -7,11 +7,20 @@ guest's own igb/igbvf drivers) instead of the fake kernel:
 1. ``sriovlib numvfs <PF> 2``, the pool config from ``sriovlib config generate``;
 2. a cluster on the node's real paths (``node_paths``: the kubelet's plugin directories
    are ``/var/lib/kubelet/plugins_registry`` and ``/var/lib/kubelet/plugins``) with
-   kube-controller-manager (its resource-claim controller) and kube-scheduler;
-3. ``python -m sriovlib.agent --dra --kubeconfig … --node-name …`` as a process in the
-   guest: the kubelet's plugin watcher registers it, and the ResourceSlice it publishes,
-   read back from the API server, holds one device per real VF (its PCI address, the igb
-   PF's name, igbvf, 8086:10ca) — printed (``pytest -s``);
+   kube-controller-manager (its resource-claim controller) and kube-scheduler, the API
+   server enforcing ``Node,RBAC`` and pods given their ServiceAccount's token
+   (``service_accounts``), the agent image (``sriovlib.testing.image``) imported;
+3. the agent as the shipped DaemonSet: ``kubectl apply -k`` of a kustomization with
+   ``resources: [deploy]``, ``components: [deploy/dra]``, the node's pool as the
+   ConfigMap and ``KUBERNETES_SERVICE_HOST``/``PORT`` set to the API server on the node's
+   loopback (no kube-proxy here routes the ``kubernetes`` Service): the scheduler places
+   the pod, its init container installs ``sriov``, the agent runs with ``--dra`` and the
+   in-cluster config (the token the kubelet mounted, which a SelfSubjectReview says is
+   ``system:serviceaccount:sriovlib:sriovlib-agent`` bound to the pod and node, so
+   ``deploy/dra/rbac.yaml`` and ``node-restriction.yaml`` decide what it may do); the
+   kubelet's plugin watcher registers it, and the ResourceSlice it publishes, read back
+   from the API server, holds one device per real VF (its PCI address, the igb PF's
+   name, igbvf, 8086:10ca) — printed (``pytest -s``);
 4. a DeviceClass (spoofchk off) and a ResourceClaimTemplate selecting VFs of the PF by
    CEL, its claim asking for VLAN 42 and trust on; Multus (v4.3.0, the thin plugin) as
    containerd's primary CNI and a NetworkAttachmentDefinition of type ``sriov`` with no
@@ -23,7 +32,9 @@ guest's own igb/igbvf drivers) instead of the fake kernel:
    the PF (``ip -j -d link show``) shows the NAD's VLAN and the claim's spoofchk and
    trust on that VF; pod created → Running and → ``net1`` seen are printed;
 5. the pod deleted: the CNI's DEL brings the netdev home (to the claim's VLAN 42), the
-   claim unprepared, the VF as before on the PF, the claim gone.
+   claim unprepared, the VF as before on the PF, the claim gone; then the DaemonSet
+   deleted: the agent stops on the kubelet's SIGTERM (``stopped``, no traceback) and
+   its registration socket is gone.
 
 Each step runs in the guest's persistent interpreter and is checked here, so a failure
 names its step; the per-step seconds are printed.
@@ -34,12 +45,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sriovlib.testing.clienttools import ToolUnavailable
 from sriovlib.testing.drakubelet import device_name_of
+from sriovlib.testing.image import agent_image
 from sriovlib.testing.kubebuild import kube_tools
 from sriovlib.testing.multus import multus_path
 from sriovlib.testing.vm import SriovVM
@@ -53,6 +66,8 @@ CLASS = "sriovlib-vf"
 #: turns spoof checking off, the claim asks for the VLAN and trust.
 CLASS_PARAMETERS = {"spoofchk": "off"}
 CLAIM_PARAMETERS = {"vlan": 42, "trust": "on"}
+DEPLOY = Path(__file__).parents[2] / "deploy"
+ACCOUNT = "system:serviceaccount:sriovlib:sriovlib-agent"
 #: The 82576 VF (igbvf).
 VF_IDS = ("8086", "10ca")
 #: The NAD's VF settings (over the claim's VLAN while the pod holds the VF).
@@ -77,6 +92,7 @@ from sriovlib.testing.multus import (
 P = json.loads(PARAMS)
 PF, DRIVER = P["pf"], P["driver"]
 work = Path(tempfile.mkdtemp(prefix="dra-vm-"))
+STATE, CDI = Path("/var/lib/sriovlib"), Path("/var/run/cdi")  # the DaemonSet's hostPaths
 sriovlib = [sys.executable, "-m", "sriovlib"]
 SLICES = "/apis/resource.k8s.io/v1/resourceslices"
 PODS = "/api/v1/namespaces/default/pods"
@@ -116,12 +132,21 @@ def wait_for(what, check, timeout, every=0.2):
         time.sleep(every)
 
 
+def agent_log():
+    # the agent container's CRI log files (<time> <stream> <P|F> <text>)
+    if agent_logs is None:
+        return ""
+    lines = []
+    for path in sorted(agent_logs.glob("*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            parts = line.split(" ", 3)
+            lines.append(parts[3] if len(parts) == 4 else "")
+    return "\n".join(lines)
+
+
 def events(name=None):
-    path = work / "agent.log"
-    if not path.exists():
-        return []
     records = []
-    for line in path.read_text(errors="replace").splitlines():
+    for line in agent_log().splitlines():
         try:
             records.append(json.loads(line))
         except ValueError:
@@ -134,7 +159,7 @@ def timed(name, started):
 
 
 figures = {}
-cluster = agent = api = None
+cluster = api = agent_pod = agent_logs = None
 """
 
 NUMVFS_STEP = r"""# STEP: VFs with sriovlib numvfs, the pool config
@@ -161,24 +186,22 @@ result = {"pool": pool, "pf_pci": pf_pci, "vfs": vf_pcis}
 CLUSTER_STEP = r"""# STEP: the cluster (node paths, controllers), Multus, the NAD, the DeviceClass
 from sriovlib.agent.kubeapi import KubeClient, NotFound, load_kubeconfig
 started = time.monotonic()
+# roles enforced (the kubelet, controllers, scheduler and Multus keep admin or node
+# credentials), pods given their service account's token
 cluster = KubeCluster(kube_tools(progress=False), node_ip="192.0.2.10", timeout_scale=4,
-                      progress=False, node_paths=True, controllers=True)
+                      progress=False, node_paths=True, controllers=True,
+                      images=[Path(P["image"])], authorization_mode="Node,RBAC",
+                      service_accounts=True)
 cluster.start()
 timed("cluster_start", started)
 figures.update({f"cluster:{k}": round(v, 1) for k, v in cluster.timings.items()})
-# the sriov CNI plugin as a node installs it, with the agent's state directory and its
-# fast-path socket (the agent serves the invocation)
-sriov = work / "sriov"
-sriov.write_text(f"#!/bin/sh\nexport SRIOVLIB_STATE_DIR={work}/state "
-                 f"SRIOVLIB_AGENT_SOCKET={work}/agent.sock\n"
-                 f"exec {sys.executable} -m sriovlib.cni \"$@\"\n")
-sriov.chmod(0o755)
+# Multus first; the sriov plugin is the DaemonSet's init container's to install
 cluster.set_cni_config(
     MULTUS_CONFLIST,
     multus_conflist(kubeconfig=cluster.kubeconfig, default_network=cluster.default_network(),
                     bin_dir=cluster.cni_bin_dir, state_dir=cluster.run_dir / "multus",
                     log_file=cluster.log_path("multus")),
-    plugins={"multus": Path(P["multus"]), "sriov": sriov},
+    plugins={"multus": Path(P["multus"])},
 )
 cluster.install_crd(NAD_CRD)
 cluster.kubectl("apply", "-f", "-", input=json.dumps(network_attachment("sriov-dra", P["netconf"])))
@@ -194,39 +217,72 @@ result = {"kubelet": node["status"]["nodeInfo"]["kubeletVersion"],
           "kubelet_root": str(cluster.kubelet_root)}
 """
 
-AGENT_STEP = r"""# STEP: the agent with --dra: registered, its slice published
+AGENT_STEP = r"""# STEP: kubectl apply -k deploy/ + deploy/dra: the DaemonSet registered, its slice
+# a kustomization of the admin's own, beside the checkout: the default install, the DRA
+# Component, the node's pool; the in-cluster config pointed at the API server on the
+# node's loopback (no kube-proxy routes the kubernetes Service's ClusterIP here)
+overlay = work / "overlay"
+overlay.mkdir()
+(overlay / "config.json").write_text(json.dumps(config))
+(overlay / "kustomization.yaml").write_text(json.dumps({
+    "apiVersion": "kustomize.config.k8s.io/v1beta1",
+    "kind": "Kustomization",
+    "resources": [os.path.relpath(P["deploy"], overlay)],
+    "components": [os.path.relpath(Path(P["deploy"], "dra"), overlay)],
+    "configMapGenerator": [{"name": "sriovlib-config", "namespace": "sriovlib",
+                            "behavior": "replace", "files": ["config.json"],
+                            "options": {"disableNameSuffixHash": True}}],
+    "patches": [{"target": {"kind": "DaemonSet", "name": "sriovlib-agent"},
+                 "patch": json.dumps([
+                     {"op": "add", "path": "/spec/template/spec/containers/0/env/-",
+                      "value": {"name": name, "value": value}}
+                     for name, value in (("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+                                         ("KUBERNETES_SERVICE_PORT", str(cluster.api_port)))])}],
+}))
 registry = cluster.kubelet_root / "plugins_registry"
-argv = [sys.executable, "-m", "sriovlib.agent",
-        "--config", str(work / "config.json"), "--dra",
-        "--kubeconfig", str(cluster.kubeconfig), "--node-name", cluster.node_name,
-        "--dra-registry-dir", str(registry),
-        "--dra-plugins-dir", str(cluster.kubelet_root / "plugins"),
-        "--state-dir", str(work / "state"), "--cdi-dir", str(work / "cdi"),
-        "--cni-socket", str(work / "agent.sock"), "--metrics-address", "127.0.0.1:0",
-        "--log-format", "json"]
 started = time.monotonic()
-with open(work / "agent.log", "ab") as log:
-    agent = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=log)
+applied = cluster.kubectl("apply", "-k", str(overlay))
 
 
-def registered():
-    if agent.poll() is not None:
-        raise RuntimeError(f"the agent exited {agent.returncode}: {events()[-10:]}")
-    return events("DRA driver registered")
+def the_agent_pod():
+    pods = json.loads(cluster.kubectl("get", "pods", "-n", "sriovlib", "-o", "json"))["items"]
+    return pods[0] if pods and pods[0]["status"].get("phase") == "Running" else None
 
 
-wait_for("DRA driver registered", registered, 180)
-timed("agent_start_to_registered", started)
+agent_pod = wait_for("the agent's pod Running", the_agent_pod, 240, every=1)
+timed("apply_to_agent_running", started)
+agent_logs = (cluster.run_dir / "pod-logs" / f"sriovlib_{agent_pod['metadata']['name']}_"
+              f"{agent_pod['metadata']['uid']}" / "agent")
+wait_for("DRA driver registered", lambda: events("DRA driver registered"), 180)
+timed("apply_to_registered", started)
 query = {"fieldSelector": f"spec.nodeName={cluster.node_name},spec.driver={DRIVER}"}
 slices = wait_for(
     "the slice with every VF",
     lambda: [s for s in api.get(SLICES, query=query)["items"]
              if len(s["spec"].get("devices", [])) == P["numvfs"]],
     120, every=0.5)
-timed("agent_start_to_slice", started)
+timed("apply_to_slice", started)
+# the token the kubelet mounted in the agent's pod, asked who it is
+uid = agent_pod["metadata"]["uid"]
+(token_file,) = Path(f"/var/lib/kubelet/pods/{uid}/volumes/kubernetes.io~projected").glob(
+    "*/token")
+from sriovlib.agent.kubeapi import KubeConfig
+# (its CA the pod's too: kube-root-ca.crt, the API server's serving certificate)
+whoami = KubeClient(KubeConfig(server=api.config.server, token=token_file.read_text().strip(),
+                               ca_file=token_file.parent / "ca.crt"), timeout=30).create(
+    "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+    {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
 kubelet_log = cluster.log_path("kubelet").read_text(errors="replace").splitlines()
 reg_sock = str(registry / f"{DRIVER}-reg.sock")
+pod_events = json.loads(cluster.kubectl("get", "events", "-n", "sriovlib", "-o", "json"))["items"]
 result = {
+    "applied": applied.splitlines(),
+    "agent_pod": {k: agent_pod[k] for k in ("metadata", "spec")},
+    "pod_events": sorted(
+        f"{e['reason']} ({e.get('source', {}).get('component') or e.get('reportingComponent')}):"
+        f" {e['message'][:100]}" for e in pod_events if e["involvedObject"]["kind"] == "Pod"),
+    "whoami": whoami.get("status", {}).get("userInfo", {}),
+    "api_server": events("API server"),
     "slices": api.get(SLICES, query=query)["items"],
     "registered": events("DRA driver registered"),
     "failed": events("DRA driver registration failed"),
@@ -234,6 +290,7 @@ result = {
                       if reg_sock in l or "RegisterPlugin" in l][-6:],
     "sockets": sorted(p.name for p in registry.iterdir()),
     "endpoint": (cluster.kubelet_root / "plugins" / DRIVER / "dra.sock").is_socket(),
+    "cni_installed": os.access("/opt/cni/bin/sriov", os.X_OK),
 }
 """
 
@@ -299,9 +356,9 @@ claim = api.get(f"{CLAIMS}/{status['resourceClaimName']}")
 uid = claim["metadata"]["uid"]
 prepared = [e for e in events("NodePrepareResources") if e["uid"] == uid]
 applied = events("VF settings applied")
-record_path = work / "state" / "dra" / DRIVER / "claims" / f"{uid}.json"
+record_path = STATE / "dra" / DRIVER / "claims" / f"{uid}.json"
 record = json.loads(record_path.read_text()) if record_path.exists() else None
-spec_path = work / "cdi" / f"sriovlib-{DRIVER}-{uid}.json"
+spec_path = CDI / f"sriovlib-{DRIVER}-{uid}.json"
 from datetime import datetime
 prepare_at = None
 if prepared:
@@ -355,14 +412,26 @@ result = {
 
 TEARDOWN = r"""
 result = {}
-if agent is not None:
-    agent.send_signal(signal.SIGTERM)
-    try:
-        result["agent_rc"] = agent.wait(60)
-    except subprocess.TimeoutExpired:
-        agent.kill()
-        result["agent_rc"] = "killed after 60 s"
-    text = (work / "agent.log").read_text(errors="replace")
+if agent_pod is not None:
+    # the DaemonSet deleted: the kubelet stops the agent (SIGTERM, 30 s grace)
+    name = agent_pod["metadata"]["name"]
+    started = time.monotonic()
+    cluster.kubectl("delete", "daemonset", "-n", "sriovlib", "sriovlib-agent", "--wait=false")
+    text, exit_code = agent_log(), None
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        text = agent_log() or text  # the log files go with the pod
+        pods = json.loads(cluster.kubectl("get", "pods", "-n", "sriovlib", "-o", "json"))["items"]
+        if not pods:
+            break
+        for status in pods[0]["status"].get("containerStatuses", []):
+            exit_code = status.get("state", {}).get("terminated", {}).get("exitCode", exit_code)
+        time.sleep(0.5)
+    else:
+        result["still_there"] = True
+    timed("agent_delete_to_gone", started)
+    result["exit_code"] = exit_code
+    result["stopped"] = [json.loads(l) for l in text.splitlines() if '"stopped"' in l]
     result["traceback"] = "Traceback" in text
     result["agent"] = text[-4000:]
     result["reg_sock_left"] = (cluster.kubelet_root / "plugins_registry" /
@@ -406,6 +475,7 @@ def test_a_claim_on_a_real_igb_vf_is_scheduled_prepared_running_and_restored(
     try:
         kube_tools()  # built on the host (Go, the module proxy); the guest sees the cache
         multus = multus_path()
+        image = agent_image()  # the DaemonSet's, imported into the guest's containerd
     except ToolUnavailable as e:
         pytest.skip(f"kube tier: {e}")
     vm = vm_node
@@ -418,6 +488,8 @@ def test_a_claim_on_a_real_igb_vf_is_scheduled_prepared_running_and_restored(
         "class_parameters": CLASS_PARAMETERS,
         "claim_parameters": CLAIM_PARAMETERS,
         "multus": str(multus),
+        "image": str(image),
+        "deploy": str(DEPLOY),
         "pod_command": POD_COMMAND,
         # no deviceID: the VF is the one the pod's claim prepared
         "netconf": {
@@ -454,7 +526,28 @@ def test_a_claim_on_a_real_igb_vf_is_scheduled_prepared_running_and_restored(
         assert cluster["kubelet_root"] == "/var/lib/kubelet"
         node_name = cluster["node"]
 
-        served = step(AGENT_STEP, timeout=400)
+        served = step(AGENT_STEP, timeout=500)
+        print("\n".join(served["pod_events"]), file=sys.stderr)
+        # the DaemonSet's pod, placed by the scheduler, with the DRA Component's patches
+        agent_pod = served["agent_pod"]
+        assert agent_pod["metadata"]["ownerReferences"][0]["kind"] == "DaemonSet"
+        assert agent_pod["spec"]["nodeName"] == node_name
+        assert any(e.startswith("Scheduled (default-scheduler)") for e in served["pod_events"])
+        (container,) = agent_pod["spec"]["containers"]
+        assert "--dra" in container["args"], container
+        assert "--node-name=$(NODE_NAME)" in container["args"], container
+        assert not any("kubeconfig" in a for a in container["args"]), container
+        assert agent_pod["spec"]["serviceAccountName"] == "sriovlib-agent"
+        assert served["cni_installed"]  # the init container's sriov plugin
+        # its own ServiceAccount's token (in-cluster config), bound to the pod and node
+        (api_server,) = served["api_server"]
+        assert api_server["credentials"] == "in-cluster", api_server
+        whoami = served["whoami"]
+        assert whoami["username"] == ACCOUNT, whoami
+        assert whoami["extra"]["authentication.kubernetes.io/node-name"] == [node_name]
+        assert whoami["extra"]["authentication.kubernetes.io/pod-name"] == [
+            agent_pod["metadata"]["name"]
+        ]
         # the kubelet's plugin watcher found the socket and registered the driver
         assert served["registered"][0]["driver"] == DRIVER, served
         assert not served["failed"], served
@@ -576,6 +669,9 @@ def test_a_claim_on_a_real_igb_vf_is_scheduled_prepared_running_and_restored(
         print(json.dumps({"figures": figures}, indent=1))
         for name in ("agent", "kubelet", "scheduler"):
             print(f"--- {name} ---\n{torn_down.get(name, '')}")
-    assert torn_down["agent_rc"] == 0, torn_down["agent"]
+    # the kubelet's SIGTERM: the agent stopped cleanly and took its socket away
+    assert not torn_down.get("still_there"), torn_down["agent"]
+    assert [e["level"] for e in torn_down["stopped"]] == ["info"], torn_down["agent"]
+    assert torn_down["exit_code"] in (None, 0), torn_down["agent"]
     assert not torn_down["traceback"], torn_down["agent"]
     assert not torn_down["reg_sock_left"]

@@ -53,6 +53,19 @@ and nothing else (no containerd, no kubelet, no Node: a test makes what it needs
 can run beside the session's cluster; ``authorization_mode`` is the API server's
 ``--authorization-mode`` (``AlwaysAllow`` unless given; ``"Node,RBAC"`` to have roles
 enforced: the admin is in ``system:masters``, the kubelet's user in ``system:nodes``).
+
+``service_accounts=True`` (with *controllers*) gives pods their service account's token
+as a real cluster does: the API server's ServiceAccount admission adds the projected
+``kube-api-access`` volume (a token the kubelet requests bound to the pod, and the
+``kube-root-ca.crt`` ConfigMap's CA), kube-controller-manager's serviceaccount controller
+makes each namespace's ``default`` ServiceAccount and its root-CA publisher the
+ConfigMap, holding the API server's self-signed serving certificate (its CA). It needs
+*node_paths*: the kubelet then runs in the node's own mount namespace, as a real node's
+does (elsewhere it runs in a private one, its bind mounts kept from the host), since
+containerd must see the tmpfs the kubelet mounts for each projected token volume (from
+a private namespace the container gets the empty directory under it).
+:attr:`KubeCluster.api_port` is the port a pod on the node's network dials at
+``127.0.0.1`` (no kube-proxy routes the ``kubernetes`` Service here).
 """
 
 from __future__ import annotations
@@ -146,8 +159,10 @@ class KubeCluster:
         images: Sequence[Path] = (),
         api_only: bool = False,
         authorization_mode: str = "AlwaysAllow",
+        service_accounts: bool = False,
     ) -> None:
         self.tools = tools
+        self.service_accounts = service_accounts
         self.api_only = api_only
         self.authorization_mode = authorization_mode
         self.node_paths = node_paths
@@ -165,6 +180,8 @@ class KubeCluster:
         self._netns_before: set[str] = set()
         self._bridge = f"skube{os.getpid() % 100000}"
         self._ports: dict[str, int] = {}
+        if service_accounts and not node_paths:
+            raise ValueError("service_accounts needs node_paths (the kubelet's token mounts)")
         if node_paths and not _root_is_overlay():
             raise ToolUnavailable("node_paths needs a throw-away root (an overlay on /)")
 
@@ -487,7 +504,7 @@ state = "{run}/containerd/state"
                 f"--token-auth-file={pki / 'tokens.csv'}",
                 f"--authorization-mode={self.authorization_mode}",
                 "--allow-privileged=true",  # as every real cluster: the agent is privileged
-                "--disable-admission-plugins=ServiceAccount",
+                *([] if self.service_accounts else ["--disable-admission-plugins=ServiceAccount"]),
                 f"--service-account-issuer={audience}",
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
@@ -519,8 +536,18 @@ state = "{run}/containerd/state"
                 # node-lifecycle: lifts the not-ready taint the kubelet registers with;
                 # resourceclaim: a pod's claims from its ResourceClaimTemplates (DRA)
                 "--controllers=daemonset-controller,garbage-collector-controller,"
-                "namespace-controller,node-lifecycle-controller,resourceclaim-controller",
+                "namespace-controller,node-lifecycle-controller,resourceclaim-controller"
+                + (
+                    ",serviceaccount-controller,root-ca-certificate-publisher-controller"
+                    if self.service_accounts
+                    else ""
+                ),
                 "--use-service-account-credentials=false",
+                *(
+                    [f"--root-ca-file={pki / 'apiserver' / 'apiserver.crt'}"]
+                    if self.service_accounts
+                    else []
+                ),
             ],
         )
         self._spawn(
@@ -552,6 +579,11 @@ state = "{run}/containerd/state"
         for name in ("kube-scheduler", "kube-controller-manager"):
             self._terminate(name)
         self.controllers = False
+
+    @property
+    def api_port(self) -> int:
+        """The API server's port on ``127.0.0.1`` (the node's loopback)."""
+        return self._ports["api"]
 
     def api_get(self, path: str) -> str:
         """GET *path* on the API server as admin; the body as text."""
@@ -624,11 +656,14 @@ state = "{run}/containerd/state"
         if self.node_ip:
             kubelet.append(f"--node-ip={self.node_ip}")
         started = time.monotonic()
-        self._spawn(
-            "kubelet",
-            ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
-             f"{binds} && exec {shlex.join(kubelet)}"],
-        )  # fmt: skip
+        if self.service_accounts:  # the node's mount namespace (see the module docs)
+            self._spawn("kubelet", kubelet)
+        else:
+            self._spawn(
+                "kubelet",
+                ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                 f"{binds} && exec {shlex.join(kubelet)}"],
+            )  # fmt: skip
 
         def fresh_socket() -> bool | None:
             sock = self.device_plugin_dir / "kubelet.sock"
@@ -868,8 +903,10 @@ state = "{run}/containerd/state"
 
     def _unmount(self) -> None:
         prefix = f"{self.run_dir}/"
+        # the volumes a kubelet in the node's namespace left (service_accounts)
+        pods = f"{self.kubelet_root / 'pods'}/" if self.service_accounts else prefix
         for point in reversed(_mounts()):
-            if point.startswith(prefix):
+            if point.startswith((prefix, pods)):
                 subprocess.run(["umount", "-l", point], capture_output=True, check=False)
         subprocess.run(["umount", "-l", str(self.run_dir)], capture_output=True, check=False)
 
