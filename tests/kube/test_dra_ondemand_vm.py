@@ -73,7 +73,8 @@ argv = [sys.executable, "-m", "sriovlib.agent",
         "--state-dir", str(work / "state"), "--cdi-dir", str(work / "cdi"),
         "--cni-socket", "off", "--metrics-address", "127.0.0.1:0", "--log-format", "json"]
 started = time.monotonic()
-with open(work / "agent.log", "ab") as log:
+agent_file = work / "agent.log"  # what events() reads
+with open(agent_file, "ab") as log:
     agent = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=log)
 
 
@@ -253,5 +254,6 @@ def test_a_claim_raises_numvfs_of_the_real_igb_pf_and_idle_it_goes_back(
             figures["scheduler_failed_first"] = ran["failed_first"]
         print(json.dumps({"figures": figures}, indent=1))
         print(f"--- agent ---\n{torn_down.get('agent', '')}")
-    assert torn_down["agent_rc"] == 0, torn_down["agent"]
+    assert torn_down["exit_code"] == 0, torn_down["agent"]
+    assert [e["level"] for e in torn_down["stopped"]] == ["info"], torn_down["agent"]
     assert not torn_down["traceback"], torn_down["agent"]

@@ -133,7 +133,10 @@ def wait_for(what, check, timeout, every=0.2):
 
 
 def agent_log():
-    # the agent container's CRI log files (<time> <stream> <P|F> <text>)
+    # the agent run as a process (agent_file), or the agent container's CRI log files
+    # (<time> <stream> <P|F> <text>)
+    if agent_file is not None:
+        return agent_file.read_text(errors="replace") if agent_file.exists() else ""
     if agent_logs is None:
         return ""
     lines = []
@@ -159,7 +162,7 @@ def timed(name, started):
 
 
 figures = {}
-cluster = api = agent_pod = agent_logs = None
+cluster = api = agent_pod = agent_logs = agent = agent_file = None
 """
 
 NUMVFS_STEP = r"""# STEP: VFs with sriovlib numvfs, the pool config
@@ -412,6 +415,18 @@ result = {
 
 TEARDOWN = r"""
 result = {}
+if agent is not None:
+    # the agent run as a process (test_dra_ondemand_vm): SIGTERM, as the kubelet would
+    agent.send_signal(signal.SIGTERM)
+    try:
+        result["exit_code"] = agent.wait(60)
+    except subprocess.TimeoutExpired:
+        agent.kill()
+        result["exit_code"] = "killed after 60 s"
+    text = agent_log()
+    result["stopped"] = [json.loads(l) for l in text.splitlines() if '"stopped"' in l]
+    result["traceback"] = "Traceback" in text
+    result["agent"] = text[-4000:]
 if agent_pod is not None:
     # the DaemonSet deleted: the kubelet stops the agent (SIGTERM, 30 s grace)
     name = agent_pod["metadata"]["name"]
