@@ -213,7 +213,8 @@ def test_a_pending_claim_raises_the_count_and_idle_vfs_go_back(
 ) -> None:
     """0 VFs (budget 0-2): the node publishes none. A pending claim → numvfs 1, the VF
     in the slices (generation + 1). Allocated to it: a second claim cannot raise (VF 0
-    in use: the count goes through 0), said once, the gauge says blocked. The first
+    in use: the count goes through 0), said once, the gauge says blocked, the second
+    claim gets a Warning Event saying why. The first
     claim gone: the second takes the free VF, no raise. Both gone: after the idle
     second, the VF leaves the slices first, then numvfs 0."""
     caplog.set_level(logging.INFO, "sriovlib.agent")
@@ -245,6 +246,17 @@ def test_a_pending_claim_raises_the_count_and_idle_vfs_go_back(
     assert 1 == len(said)
     assert said[0].why == (  # type: ignore[attr-defined]
         f"VF 0 in use: numvfs 1 -> 2 goes through 0 and would reset every VF of {PF}"
+    )
+    # and on the claim it was for, a Warning Event: one, however many looks said it
+    (event,) = wait_for(
+        "b's Event", lambda: [e for e in api.events if e["reason"] == "VFsNotRaised"]
+    )
+    assert ("Warning", api.claims["b"]["metadata"]["uid"], "b") == (
+        event["type"], event["involvedObject"]["uid"], event["involvedObject"]["name"]
+    )  # fmt: skip
+    assert event["message"] == (
+        f"node node1: no free VF of {PF} for request 'vf', and its VF count cannot be raised "
+        f"to 2 now: VF 0 in use: numvfs 1 -> 2 goes through 0 and would reset every VF of {PF}"
     )
 
     api.gone("a")  # the pod deleted: its claim too; b is to get VF 0, no raise

@@ -128,10 +128,13 @@ CLASSES = [device_class("vf", CLASS), device_class("gpu", 'device.driver == "gpu
 class TestPendingRequests:
     def test_a_templated_claim_of_a_pod_waiting_for_a_node(self) -> None:
         """The claim the controller made for a pod no node has: its request, with the
-        class's selectors before its own."""
-        found = pending_requests([claim("a", exactly("vf", "vf", ON_PF1))], [pod(["a"])],
-                                 CLASSES, DRIVER)  # fmt: skip
-        assert (Request("default/a", "vf", 1, (CLASS, ON_PF1), "2026-01-01T00:00:00Z"),) == found
+        class's selectors before its own, and the claim's UID (for its Event)."""
+        pending = claim("a", exactly("vf", "vf", ON_PF1))
+        found = pending_requests([pending], [pod(["a"])], CLASSES, DRIVER)
+        uid = pending["metadata"]["uid"]
+        assert (
+            Request("default/a", "vf", 1, (CLASS, ON_PF1), "2026-01-01T00:00:00Z", uid),
+        ) == found
 
     def test_what_is_not_demand(self) -> None:
         """Not pending: allocated, not referenced by a waiting pod (none, or one on a
@@ -241,6 +244,7 @@ class TestDecide:
         (why,) = blocked.blocked
         assert (2, "VF 0 in use: numvfs 1 -> 2 goes through 0 and would reset every VF of "
                 "enp94s0f0") == (why.wanted, why.reason)  # fmt: skip
+        assert (want(),) == why.requests  # the claims told why they wait
         live = decide([pf_state(num_vfs=1, in_use=frozenset({0}), live=True)], [want()], [],
                       driver=DRIVER, idle_seconds=60)  # fmt: skip
         assert [("enp94s0f0", 1, 2)] == outcome(live)
@@ -270,7 +274,8 @@ class TestDecide:
         verdict = decide([state], [], [], driver=DRIVER, idle_seconds=60)
         assert [] == outcome(verdict)
         assert [(2, "VF 1 in use: numvfs 4 -> 2 goes through 0 and would reset every VF of "
-                 "enp94s0f0")] == [(b.wanted, b.reason) for b in verdict.blocked]  # fmt: skip
+                 "enp94s0f0", ())] == [(b.wanted, b.reason, b.requests)
+                                       for b in verdict.blocked]  # fmt: skip
         live = pf_state(num_vfs=4, in_use=frozenset({1}), idle=idle, live=True)
         assert [("enp94s0f0", 4, 2)] == outcome(decide([live], [], [], driver=DRIVER,
                                                        idle_seconds=60))  # fmt: skip

@@ -176,9 +176,9 @@ def test_a_second_claim_waits_while_the_vf_is_in_use_then_takes_it_without_a_rai
 ) -> None:
     """Pod A's claim raised numvfs 0 -> 1 and holds VF 0; pod B's claim cannot raise it
     (1 -> 2 goes through 0 and would reset VF 0): B stays Pending, the agent says why
-    once, ``agent status`` shows the PF blocked. A deleted: B gets VF 0 from the
-    scheduler with no second raise, and the free VF is not given back meanwhile (B's
-    claim matches it)."""
+    once, and in a Warning Event on B's claim, ``agent status`` shows the PF blocked. A
+    deleted: B gets VF 0 from the scheduler with no second raise, and the free VF is not
+    given back meanwhile (B's claim matches it)."""
     cluster = dra_cluster
     changed = "VFs on demand: numvfs changed"
     before = len(agent.events(changed))
@@ -195,9 +195,19 @@ def test_a_second_claim_waits_while_the_vf_is_in_use_then_takes_it_without_a_rai
     )
     figures = wait_for("blocked in agent status", lambda: (f := budget(agent))["blocked"] and f)
     assert (figures["numvfs"], figures["in_use"], figures["wanted"]) == (1, 1, 1)
+    # B's claim says so too: a Warning Event on it, in the real API server
+    b_claim = claim_name_of(cluster, "od-b")
+    (message,) = wait_for("B's claim's Event", lambda: cluster.events(b_claim))
+    assert message == (
+        f"node {cluster.node_name}: no free VF of {PF} for request 'vf', and its VF count "
+        f"cannot be raised to 2 now: {said['why']}"
+    )
+    described = cluster.kubectl("describe", "resourceclaim", b_claim, "-n", "default")
+    assert "VFsNotRaised" in described.split("Events:")[-1]
     time.sleep(3)
     assert cluster.get("pod", "od-b")["status"]["phase"] == "Pending"
     assert len(agent.events(changed)) == before + 1  # no raise while VF 0 is in use
+    assert len(cluster.events(b_claim)) == 1  # every look says it: still one Event
 
     cluster.delete_pod("od-a")
     pod = cluster.wait_pod("od-b", ("Running", "Failed", "Succeeded"), timeout=120)

@@ -5,6 +5,8 @@ claim itself says nothing. :class:`ClaimEvents` posts a ``core/v1`` Event whose
 ``involvedObject`` is the ResourceClaim (``kubectl describe resourceclaim`` lists it),
 ``type: Warning``, reason ``PrepareFailed`` (or ``UnprepareFailed``) and the error's
 one line as its message, through the agent's API client (:mod:`sriovlib.agent.kubeapi`).
+The VFs on demand post ``VFsNotRaised`` the same way on a pending claim whose VF the
+node could make but not now (:mod:`sriovlib.agent.ondemand`).
 
 A kubelet retrying a bad claim must not flood the API server, so one claim, reason and
 message make one Event, named after them (``<claim>.<digest>``): the first failure
@@ -37,13 +39,14 @@ import attrs
 from sriovlib.agent.draclaims import ClaimRef
 from sriovlib.agent.kubeapi import AlreadyExists, KubeApiError, KubeClient
 
-__all__ = ["EVENT_INTERVAL", "PREPARE_FAILED", "UNPREPARE_FAILED", "ClaimEvents"]
+__all__ = ["EVENT_INTERVAL", "PREPARE_FAILED", "UNPREPARE_FAILED", "VFS_NOT_RAISED", "ClaimEvents"]
 
 log = logging.getLogger("sriovlib.agent")
 
 #: The reasons of the Events.
 PREPARE_FAILED = "PrepareFailed"
 UNPREPARE_FAILED = "UnprepareFailed"
+VFS_NOT_RAISED = "VFsNotRaised"
 #: Seconds between two writes of one Event while its failure repeats.
 EVENT_INTERVAL = 60.0
 #: How many Events are remembered (the oldest forgotten first).
@@ -62,7 +65,7 @@ class _Seen:
 
 
 class ClaimEvents:
-    """Posts the Events of failed claims to *api* for *driver* on *node_name*.
+    """Posts the Events of failed (or waiting) claims to *api* for *driver* on *node_name*.
 
     Args:
         api: The API server.

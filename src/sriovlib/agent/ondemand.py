@@ -18,8 +18,10 @@ back down to the floor.
 
 Each resize is one log line (``VFs on demand: numvfs changed``) and counted in
 ``sriovlib_vf_resizes_total{pf,direction,outcome}``; the per-PF gauges
-(``sriovlib_vf_budget_*``) are what ``sriovlib agent status`` shows. With mode
-``dry-run`` the decisions are logged and counted, never carried out.
+(``sriovlib_vf_budget_*``) are what ``sriovlib agent status`` shows. A raise that
+cannot happen now (a VF of the PF in use) is logged once per reason and, with mode
+``on``, a Warning Event ``VFsNotRaised`` on each claim it was for. With mode ``dry-run``
+the decisions are logged and counted, never carried out.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from sriovlib.agent.draclaims import ClaimRef
+from sriovlib.agent.draevents import VFS_NOT_RAISED
 from sriovlib.agent.draprepare import device_name
 from sriovlib.agent.kubeapi import KubeApiError
 from sriovlib.agent.vfdemand import (
@@ -53,6 +57,7 @@ from sriovlib.policy import VfBudget
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from sriovlib.agent.draevents import ClaimEvents
     from sriovlib.agent.draslices import SlicePublisher
     from sriovlib.agent.kubeapi import KubeClient
     from sriovlib.host import Host
@@ -142,6 +147,7 @@ class OnDemand:
         resize: The kernel action (default: ``Host.set_num_vfs``).
         options: Mode, idle period, intervals.
         registry: Where the metrics go (None: none).
+        events: Where a claim's Event goes (None: none).
     """
 
     def __init__(
@@ -158,8 +164,10 @@ class OnDemand:
         resize: Resizer | None = None,
         options: OnDemandOptions | None = None,
         registry: CollectorRegistry | None = None,
+        events: ClaimEvents | None = None,
     ) -> None:
         self.api = api
+        self.events = events
         self.host = host
         self.driver = driver
         self.node_name = node_name
@@ -425,6 +433,18 @@ class OnDemand:
                     extra={"pf": item.name, "wanted": item.wanted, "why": item.reason},
                 )
             self._said[item.pf] = text
+            if self.events is None or self.options.mode is not OnDemandMode.ON:
+                continue
+            for request in item.requests:
+                namespace, _, name = request.claim.partition("/")
+                # the same message each look: counted, written again once a minute
+                self.events.failed(
+                    ClaimRef(namespace, name, request.uid),
+                    VFS_NOT_RAISED,
+                    f"node {self.node_name}: no free VF of {item.name} for request "
+                    f"{request.request!r}, and its VF count cannot be raised to "
+                    f"{item.wanted} now: {item.reason}",
+                )
 
     @staticmethod
     def _extra(resize: Resize, requests: Sequence[str] = ()) -> dict[str, Any]:

@@ -267,6 +267,7 @@ class Agent:
                 resize=resize,
                 options=options.on_demand,
                 registry=self.metrics.registry,
+                events=self.events,
             )
         self._functions: frozenset[str] = frozenset()
         self._lock = threading.RLock()

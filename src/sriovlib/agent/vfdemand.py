@@ -83,6 +83,7 @@ class Request:
         count: How many devices it needs.
         selectors: Its CEL expressions and its DeviceClass's, all of which must hold.
         created: The claim's ``creationTimestamp`` (older claims are served first).
+        uid: The claim's UID (where its Event goes).
     """
 
     claim: str
@@ -90,6 +91,7 @@ class Request:
     count: int = 1
     selectors: tuple[str, ...] = ()
     created: str = ""
+    uid: str = ""
 
     def __str__(self) -> str:
         return f"{self.claim} request {self.request!r}"
@@ -157,12 +159,14 @@ class Resize:
 
 @attrs.frozen
 class Blocked:
-    """A resize of *pf* to *wanted* that cannot happen now, and why."""
+    """A resize of *pf* to *wanted* that cannot happen now, and why; for a raise, the
+    pending *requests* it was for."""
 
     pf: PciAddress
     name: str
     wanted: int
     reason: str
+    requests: tuple[Request, ...] = ()
 
 
 @attrs.frozen
@@ -233,6 +237,7 @@ def pending_requests(
                     count=int(exact.get("count", 1) or 1),
                     selectors=ours[exact["deviceClassName"]] + _expressions(exact.get("selectors")),
                     created=str(meta.get("creationTimestamp", "")),
+                    uid=str(meta.get("uid", "")),
                 )
             )
     return tuple(sorted(found, key=lambda r: (r.created, r.claim, r.request)))
@@ -444,6 +449,7 @@ def decide(
     available = list(free)
     reserved: dict[PciAddress, set[int]] = {}
     unmet: dict[PciAddress, int] = {}
+    wanting: dict[PciAddress, list[Request]] = {}
     unserved: list[Request] = []
     ordered = sorted(pfs, key=lambda p: p.address)
     for request in requests:
@@ -462,6 +468,7 @@ def decide(
             ):
                 take = min(needed, room)
                 unmet[pf.address] = unmet.get(pf.address, 0) + take
+                wanting.setdefault(pf.address, []).append(request)
                 needed -= take
         if needed:
             unserved.append(request)
@@ -475,7 +482,8 @@ def decide(
         wanted, reason = step
         problem = _unsafe(pf, busy, wanted)
         if problem is not None:
-            blocked.append(Blocked(pf.address, pf.name, wanted, problem))
+            wanted_by = tuple(wanting.get(pf.address, ())) if wanted > pf.num_vfs else ()
+            blocked.append(Blocked(pf.address, pf.name, wanted, problem, wanted_by))
         else:
             resizes.append(Resize(pf.address, pf.name, pf.num_vfs, wanted, reason))
     return Verdict(tuple(resizes), tuple(blocked), unmet, tuple(unserved))
