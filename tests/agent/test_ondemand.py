@@ -214,9 +214,9 @@ def test_a_pending_claim_raises_the_count_and_idle_vfs_go_back(
     """0 VFs (budget 0-2): the node publishes none. A pending claim → numvfs 1, the VF
     in the slices (generation + 1). Allocated to it: a second claim cannot raise (VF 0
     in use: the count goes through 0), said once, the gauge says blocked, the second
-    claim gets a Warning Event saying why. The first
-    claim gone: the second takes the free VF, no raise. Both gone: after the idle
-    second, the VF leaves the slices first, then numvfs 0."""
+    claim gets a Warning Event saying why. The first claim gone: the second takes the
+    free VF, no raise. Both gone: after the idle second, the VF leaves the slices first,
+    then numvfs 0."""
     caplog.set_level(logging.INFO, "sriovlib.agent")
     api = ClusterApi()
     agent = start(api)
